@@ -1,0 +1,107 @@
+"""DAG ``lightly_curation``: one curation run from a datasource into the dataset store.
+
+Thin wiring only: every task builds the run context from the Params and calls a stage of
+``lightly_tasks.pipeline``. Optional stages (frame counting, training, pretagging) are in the graph and skip
+themselves when the configuration does not enable them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from lightly_airflow.context import run_context
+from lightly_tasks import pipeline
+from lightly_tasks.config import param_schemas
+
+
+def _params() -> dict[str, Param]:
+    params = {}
+    for name, schema in param_schemas().items():
+        schema = dict(schema)
+        default = schema.pop("default")
+        params[name] = Param(default, **schema)
+    return params
+
+
+@dag(
+    dag_id="lightly_curation",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params=_params(),
+    tags=["lightly", "curation"],
+    doc_md=__doc__,
+    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
+)
+def lightly_curation() -> None:
+    @task(task_id="list", multiple_outputs=True, retries=0)
+    def list_objects(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+        return pipeline.list_stage(run_context(params, run_id))
+
+    @task(task_id="frame_counting")
+    def frame_counting(params: dict[str, Any] | None = None) -> None:
+        if params["input_type"] != "videos":
+            raise AirflowSkipException("input_type is not 'videos': no frames to count")
+
+    @task(trigger_rule="none_failed")
+    def corruptness(shard: int, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+        return pipeline.corruptness_stage(run_context(params, run_id), shard)
+
+    @task(task_id="training")
+    def training(params: dict[str, Any] | None = None) -> None:
+        if not params["enable_training"]:
+            raise AirflowSkipException("enable_training is false")
+
+    @task(trigger_rule="none_failed")
+    def embedding(decoded: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+        return pipeline.embedding_stage(run_context(params, run_id), decoded["shard"])
+
+    @task(task_id="pretagging")
+    def pretagging(params: dict[str, Any] | None = None) -> None:
+        raise AirflowSkipException("pretagging is not configured")
+
+    @task(trigger_rule="none_failed")
+    def selection(embedded: list[dict], params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+        return pipeline.selection_stage(run_context(params, run_id), [m["shard"] for m in embedded])
+
+    @task(trigger_rule="none_failed")
+    def metadata(selected: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+        return pipeline.metadata_stage(run_context(params, run_id))
+
+    @task(trigger_rule="none_failed")
+    def upload(
+        listing: dict,
+        decoded: list[dict],
+        embedded: list[dict],
+        selected: dict,
+        meta: dict,
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> dict:
+        return pipeline.upload_stage(
+            run_context(params, run_id),
+            listing=listing,
+            decoded=list(decoded),
+            embedded=list(embedded),
+            selection=selected,
+            metadata=meta,
+        )
+
+    listing = list_objects()
+    counted = frame_counting()
+    decoded = corruptness.expand(shard=listing["shards"])
+    trained = training()
+    embedded = embedding.expand(decoded=decoded)
+    pretagged = pretagging()
+    selected = selection(embedded)
+    meta = metadata(selected)
+    listing >> counted >> decoded >> trained >> embedded >> pretagged >> selected
+    upload(listing, decoded, embedded, selected, meta)
+
+
+lightly_curation()

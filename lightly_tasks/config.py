@@ -1,0 +1,473 @@
+"""One typed, validated run configuration built from the DAG's Params / trigger conf.
+
+The key names and nesting follow the Lightly Worker's worker config where a key exists there
+(``datasource.process_all``, ``stopping_condition.n_samples``, ``enable_corruptness_check``,
+``remove_exact_duplicates``, ...) so its users can carry their configs over.
+
+The dataclasses below are the single source of truth: :func:`parse_config` validates a conf against them and
+:func:`param_schemas` derives the Airflow trigger form (JSON schema with titles and descriptions) from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+INPUT_TYPES = ("images", "videos")
+EMBEDDING_MODELS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+)
+SUPPORTED_SCHEMES = ("file",)
+
+
+class ConfigError(ValueError):
+    """A conf key is unknown, has the wrong type or an impossible value; the message names the key."""
+
+
+def _opt(
+    title: str,
+    description: str,
+    *,
+    check: Callable[[Any], str | None] | None = None,
+    enum: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: float | None = None,
+) -> dict[str, Any]:
+    """Field metadata: form title/description plus the value constraints shared by parser and schema."""
+    return {
+        "title": title,
+        "description": description,
+        "check": check,
+        "enum": enum,
+        "minimum": minimum,
+        "maximum": maximum,
+        "exclusive_minimum": exclusive_minimum,
+    }
+
+
+def _check_uri(value: str) -> str | None:
+    if not value:
+        return "is required, e.g. file:///data/images"
+    scheme = urlsplit(value).scheme
+    if scheme not in SUPPORTED_SCHEMES:
+        return f"scheme {scheme or '(none)'!r} is not supported; use one of: {', '.join(SUPPORTED_SCHEMES)}"
+    return None
+
+
+def _check_optional_uri(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    scheme = urlsplit(value).scheme
+    if scheme not in SUPPORTED_SCHEMES:
+        return f"scheme {scheme or '(none)'!r} is not supported; use one of: {', '.join(SUPPORTED_SCHEMES)}"
+    return None
+
+
+def _check_dataset_name(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value or ""):
+        return "must be 1-128 characters of letters, digits, '_', '.', '-' and start with a letter or digit"
+    return None
+
+
+@dataclass(frozen=True)
+class DatasourceConfig:
+    """Where the raw objects are and how to reach them."""
+
+    uri: str = field(
+        default="",
+        metadata=_opt(
+            "Datasource URI",
+            "Folder or bucket prefix to curate, e.g. file:///data/images (s3://, gs://, az:// come with their "
+            "providers).",
+            check=_check_uri,
+        ),
+    )
+    conn_id: str | None = field(
+        default=None,
+        metadata=_opt(
+            "Connection id",
+            "Airflow connection holding the datasource's credentials. Not used for file:// URIs.",
+        ),
+    )
+    process_all: bool = field(
+        default=False,
+        metadata=_opt(
+            "Process all",
+            "Reconsider every object, not only those the datapool has not seen. Samples already in the dataset "
+            "still count as selected.",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class StoppingConditionConfig:
+    """When selection stops: whichever condition is met first."""
+
+    n_samples: int | None = field(
+        default=None,
+        metadata=_opt("Number of samples", "Select at most this many samples in this run.", minimum=1),
+    )
+    proportion_samples: float | None = field(
+        default=None,
+        metadata=_opt(
+            "Proportion of samples",
+            "Select at most this fraction (0 < p <= 1) of the run's candidate samples, rounded up.",
+            exclusive_minimum=0.0,
+            maximum=1.0,
+        ),
+    )
+    min_distance: float | None = field(
+        default=None,
+        metadata=_opt(
+            "Minimum distance",
+            "Stop when the farthest remaining sample is closer than this (Euclidean, on L2-normalised "
+            "embeddings: 0..2) to every selected or existing sample.",
+            minimum=0.0,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """The model that turns images into vectors."""
+
+    model: str = field(
+        default="resnet18",
+        metadata=_opt(
+            "Embedding model",
+            "torchvision architecture used as the embedding backbone (classification head removed).",
+            enum=EMBEDDING_MODELS,
+        ),
+    )
+    checkpoint: str | None = field(
+        default=None,
+        metadata=_opt(
+            "Checkpoint URI",
+            "URI of a torch state_dict for the model. Without one the model is a fixed-seed random "
+            "initialisation: deterministic, but far weaker than trained weights.",
+            check=_check_optional_uri,
+        ),
+    )
+    image_size: int = field(
+        default=224,
+        metadata=_opt(
+            "Image size",
+            "Side in pixels of the square, decoded images kept in the run's cache and fed to the model.",
+            minimum=32,
+            maximum=1024,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class DumpConfig:
+    """Where the selected originals are copied, if anywhere."""
+
+    output: str | None = field(
+        default=None,
+        metadata=_opt(
+            "Dump output URI",
+            "If set, the selected objects are copied here under their relative keys.",
+            check=_check_optional_uri,
+        ),
+    )
+
+
+def _default_stopping_condition() -> StoppingConditionConfig:
+    return StoppingConditionConfig(n_samples=100)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one curation run needs to know; build it with :func:`parse_config`."""
+
+    datasource: DatasourceConfig = field(
+        default_factory=DatasourceConfig,
+        metadata=_opt("Datasource", "uri (required), conn_id, process_all."),
+    )
+    dataset: str = field(
+        default="",
+        metadata=_opt(
+            "Dataset",
+            "Name of the dataset in the dataset store that this run creates or grows.",
+            check=_check_dataset_name,
+        ),
+    )
+    input_type: str = field(
+        default="images",
+        metadata=_opt("Input type", "Kind of objects to curate.", enum=INPUT_TYPES),
+    )
+    stopping_condition: StoppingConditionConfig = field(
+        default_factory=_default_stopping_condition,
+        metadata=_opt(
+            "Stopping condition",
+            "n_samples, proportion_samples and/or min_distance; selection stops at the first one reached.",
+        ),
+    )
+    enable_corruptness_check: bool = field(
+        default=True,
+        metadata=_opt(
+            "Corruptness check",
+            "Verify every object's integrity (checksums, truncation) while decoding. Objects that cannot be "
+            "decoded at all are always excluded and listed.",
+        ),
+    )
+    remove_exact_duplicates: bool = field(
+        default=True,
+        metadata=_opt(
+            "Remove exact duplicates",
+            "Drop objects whose bytes equal an earlier object's or a dataset sample's (SHA-256).",
+        ),
+    )
+    enable_training: bool = field(
+        default=False,
+        metadata=_opt(
+            "Self-supervised training", "Train the embedding model on this run's data first (not available yet)."
+        ),
+    )
+    embedding: EmbeddingConfig = field(
+        default_factory=EmbeddingConfig,
+        metadata=_opt("Embedding", "model, checkpoint, image_size."),
+    )
+    batch_size: int = field(
+        default=32,
+        metadata=_opt("Batch size", "Images per embedding batch.", minimum=1, maximum=4096),
+    )
+    num_shards: int = field(
+        default=0,
+        metadata=_opt(
+            "Number of shards",
+            "Parallel decode/embedding tasks. 0 picks one shard per 2,000 objects (at most 64).",
+            minimum=0,
+            maximum=1024,
+        ),
+    )
+    artifacts_root: str = field(
+        default="",
+        metadata=_opt(
+            "Artifacts root URI",
+            "Where tables, the decoded cache, reports and exports go. Empty: $LIGHTLY_ARTIFACTS_ROOT or "
+            "<LIGHTLY_HOME>/artifacts.",
+            check=_check_optional_uri,
+        ),
+    )
+    store_url: str = field(
+        default="",
+        metadata=_opt(
+            "Dataset store URL",
+            "SQLAlchemy URL of the dataset store. Empty: $LIGHTLY_STORE_URL or a SQLite file in LIGHTLY_HOME.",
+        ),
+    )
+    dump: DumpConfig = field(default_factory=DumpConfig, metadata=_opt("Dump", "output."))
+    keep_cache: bool = field(
+        default=False,
+        metadata=_opt(
+            "Keep decoded cache",
+            "Keep the run's decoded image cache after a successful run (it is deleted by default).",
+        ),
+    )
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a plain dict with credentials removed from every URI/URL, safe for logs and reports."""
+        return _redact_tree(dataclasses.asdict(self))
+
+
+def _redact_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_tree(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return redact_uri(value)
+    return value
+
+
+def redact_uri(uri: str) -> str:
+    """Replace the password (or a lone token) in a URI's user-info with ``***``."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "***"
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    masked = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit((parts.scheme, masked, parts.path, parts.query, parts.fragment))
+
+
+def lightly_home() -> Path:
+    """Folder for the embedded defaults: $LIGHTLY_HOME, else $AIRFLOW_HOME/lightly, else ~/.lightly-airflow."""
+    if os.environ.get("LIGHTLY_HOME"):
+        return Path(os.environ["LIGHTLY_HOME"])
+    if os.environ.get("AIRFLOW_HOME"):
+        return Path(os.environ["AIRFLOW_HOME"]) / "lightly"
+    return Path.home() / ".lightly-airflow"
+
+
+def _resolve_defaults(cfg: RunConfig) -> RunConfig:
+    artifacts_root = cfg.artifacts_root or os.environ.get("LIGHTLY_ARTIFACTS_ROOT") or (
+        (lightly_home() / "artifacts").resolve().as_uri()
+    )
+    store_url = cfg.store_url or os.environ.get("LIGHTLY_STORE_URL") or (
+        f"sqlite:///{(lightly_home() / 'store.db').resolve()}"
+    )
+    return dataclasses.replace(cfg, artifacts_root=artifacts_root.rstrip("/"), store_url=store_url)
+
+
+def parse_config(conf: Mapping[str, Any]) -> RunConfig:
+    """Validate a trigger conf / Params mapping and build the typed :class:`RunConfig`.
+
+    Raises :class:`ConfigError` naming the offending key for unknown keys, wrong types and impossible values.
+    Empty ``artifacts_root`` / ``store_url`` are resolved to the embedded defaults.
+    """
+    cfg = _parse_dataclass(RunConfig, conf, prefix="")
+    stop = cfg.stopping_condition
+    if stop.n_samples is None and stop.proportion_samples is None and stop.min_distance is None:
+        raise ConfigError(
+            "stopping_condition: set at least one of n_samples, proportion_samples, min_distance"
+        )
+    if cfg.input_type == "videos":
+        raise ConfigError("input_type: 'videos' is not supported yet; use 'images'")
+    if cfg.enable_training:
+        raise ConfigError("enable_training: self-supervised training is not available yet; set it to false")
+    return _resolve_defaults(cfg)
+
+
+def _parse_dataclass(cls: type, conf: Any, *, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "conf"
+    if not isinstance(conf, Mapping):
+        raise ConfigError(f"{where}: expected an object, got {type(conf).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(conf) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key (known keys{' of ' + where if prefix else ''}: "
+            f"{', '.join(sorted(fields))})"
+        )
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name in conf:
+            values[name] = _parse_value(hints[name], conf[name], key=key, meta=f.metadata)
+        elif dataclasses.is_dataclass(hints[name]):
+            # validate a nested default too, so a missing required sub-key is named
+            values[name] = _parse_dataclass(hints[name], _field_default(f), prefix=f"{key}.")
+    try:
+        obj = cls(**values)
+    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch is a programming error
+        raise ConfigError(f"{where}: {exc}") from exc
+    for name, f in fields.items():
+        message = _check_constraints(getattr(obj, name), f.metadata)
+        if message:
+            raise ConfigError(f"{prefix}{name}: {message}")
+    return obj
+
+
+def _parse_value(tp: Any, value: Any, *, key: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _parse_value(args[0], value, key=key, meta=meta)
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value.strip()
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _check_constraints(value: Any, meta: Mapping[str, Any]) -> str | None:
+    if value is None or dataclasses.is_dataclass(value):
+        return meta.get("check")(value) if meta.get("check") and value is None else None
+    if meta.get("enum") and value not in meta["enum"]:
+        return f"must be one of {', '.join(map(str, meta['enum']))}; got {value!r}"
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        return f"must be >= {meta['minimum']}; got {value!r}"
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        return f"must be <= {meta['maximum']}; got {value!r}"
+    if meta.get("exclusive_minimum") is not None and value <= meta["exclusive_minimum"]:
+        return f"must be > {meta['exclusive_minimum']}; got {value!r}"
+    if meta.get("check"):
+        return meta["check"](value)
+    return None
+
+
+def _json_schema(tp: Any, meta: Mapping[str, Any], default: Any) -> dict[str, Any]:
+    origin = typing.get_origin(tp)
+    nullable = False
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        nullable = True
+    schema: dict[str, Any] = {}
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                f.name: _json_schema(hints[f.name], f.metadata, _field_default(f)) for f in dataclasses.fields(tp)
+            },
+        }
+    else:
+        json_type = {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]
+        schema["type"] = [json_type, "null"] if nullable else json_type
+        if meta.get("enum"):
+            schema["enum"] = list(meta["enum"])
+        if meta.get("minimum") is not None:
+            schema["minimum"] = meta["minimum"]
+        if meta.get("maximum") is not None:
+            schema["maximum"] = meta["maximum"]
+        if meta.get("exclusive_minimum") is not None:
+            schema["exclusiveMinimum"] = meta["exclusive_minimum"]
+    schema["title"] = meta.get("title", "")
+    schema["description"] = meta.get("description", "")
+    schema["default"] = default
+    return schema
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    value = f.default_factory()  # type: ignore[misc]
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def param_schemas() -> dict[str, dict[str, Any]]:
+    """JSON schema (with ``default``, ``title``, ``description``) of every top-level key, for Airflow Params."""
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: _json_schema(hints[f.name], f.metadata, _field_default(f)) for f in dataclasses.fields(RunConfig)}

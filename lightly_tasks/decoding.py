@@ -1,0 +1,147 @@
+"""The run's one decoding pass over a shard: read each object once, check it, measure it, cache it.
+
+For every object the pass reads the bytes (counted), computes the content hash, decodes and checks the image
+(:mod:`lightly_tasks.corruptness`), computes its metadata (:mod:`lightly_tasks.metadata`) and writes a square
+uint8 thumbnail at embedding size to the decoded cache. Later stages (embedding, training, pretagging) read
+that cache, never the originals, so each object crosses the network once per run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lightly_tasks import artifacts
+from lightly_tasks.corruptness import check_image, content_hash
+from lightly_tasks.metadata import image_metadata
+from lightly_tasks.progress import Progress
+from lightly_tasks.storage import ByteCounter, Location, read_object
+
+log = logging.getLogger(__name__)
+
+CACHE_PART_SIZE = 256
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What the pass keeps of one object; ``thumbnail`` is (S, S, 3) uint8 when the object is usable."""
+
+    verdict: str  # "ok" or "corrupt"
+    reason: str | None
+    content_hash: str | None
+    metadata: dict[str, Any]
+    thumbnail: np.ndarray | None
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int) -> Iterator[R]:
+    """``map(fn, items)`` on a thread pool, in input order, with at most ``window`` results in flight.
+
+    Bounded look-ahead keeps memory flat on shards of any size, while I/O and decoding (both release the GIL)
+    overlap across threads.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def thumbnail(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the whole image (no crop) to ``size`` x ``size`` RGB and return it as (S, S, 3) uint8."""
+    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def decode_object(data: bytes, *, image_size: int, max_pixels: int | None = None) -> Decoded:
+    """Check, measure and thumbnail one object's bytes; never raises on bad data."""
+    digest = content_hash(data)
+    check = check_image(data) if max_pixels is None else check_image(data, max_pixels=max_pixels)
+    if not check.ok or check.image is None:
+        return Decoded("corrupt", check.reason, digest, {"sizeInBytes": len(data)}, None)
+    rgb = np.asarray(check.image)
+    meta = image_metadata(rgb, size_in_bytes=len(data))
+    return Decoded("ok", None, digest, meta, thumbnail(check.image, image_size))
+
+
+def decode_shard(
+    datasource: Location,
+    objects: pd.DataFrame,
+    cache: Location,
+    *,
+    image_size: int,
+    counter: ByteCounter,
+    workers: int = 4,
+    max_pixels: int | None = None,
+) -> pd.DataFrame:
+    """Run the decoding pass over ``objects`` (key, size, etag, ...) and write the cache parts under ``cache``.
+
+    Returns one row per object: the input columns plus ``verdict``, ``reason``, ``content_hash``,
+    ``cache_part``/``cache_row`` (where its thumbnail is; -1 when corrupt) and the metadata columns.
+    """
+
+    def work(key: str) -> Decoded:
+        try:
+            data = read_object(datasource, key, counter)
+        except FileNotFoundError:
+            return Decoded("corrupt", "missing: the object disappeared after listing", None, {}, None)
+        except OSError as exc:
+            return Decoded("corrupt", f"read error: {type(exc).__name__}: {exc}", None, {}, None)
+        return decode_object(data, image_size=image_size, max_pixels=max_pixels)
+
+    progress = Progress("decode", len(objects))
+    rows: list[dict[str, Any]] = []
+    part: list[np.ndarray] = []
+    part_index = 0
+
+    def flush() -> None:
+        nonlocal part, part_index
+        if part:
+            artifacts.write_array(cache, f"part-{part_index:05d}.npy", np.stack(part))
+            part, part_index = [], part_index + 1
+
+    keys = objects["key"].tolist()
+    for key, decoded in zip(keys, ordered_map(work, keys, workers=workers, window=4 * workers), strict=True):
+        row: dict[str, Any] = {
+            "key": key,
+            "verdict": decoded.verdict,
+            "reason": decoded.reason,
+            "content_hash": decoded.content_hash,
+            "cache_part": -1,
+            "cache_row": -1,
+        }
+        if decoded.thumbnail is not None:
+            row["cache_part"], row["cache_row"] = part_index, len(part)
+            part.append(decoded.thumbnail)
+            if len(part) == CACHE_PART_SIZE:
+                flush()
+        else:
+            log.warning("corrupt: %s: %s", key, decoded.reason)
+        row.update(decoded.metadata)
+        rows.append(row)
+        progress.update()
+    flush()
+    progress.finish()
+    result = pd.DataFrame(rows) if rows else pd.DataFrame(
+        columns=["key", "verdict", "reason", "content_hash", "cache_part", "cache_row"]
+    )
+    return objects.merge(result, on="key", how="left", validate="one_to_one")
+
+
+def iter_cache(cache: Location, table: pd.DataFrame) -> Iterator[np.ndarray]:
+    """Yield the cached thumbnails of ``table``'s ok rows, part by part, as (n, S, S, 3) uint8 arrays."""
+    ok = table[table["verdict"] == "ok"]
+    for part_index, rows in ok.groupby("cache_part", sort=True):
+        part = artifacts.read_array(cache, f"part-{int(part_index):05d}.npy")
+        yield part[rows["cache_row"].to_numpy()]

@@ -1,0 +1,79 @@
+"""A run's outputs: ``report.json``, the filename lists, Lightly's ``embeddings.csv`` and the dump of originals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lightly_tasks import artifacts
+from lightly_tasks.progress import Progress
+from lightly_tasks.storage import ByteCounter, Location, read_object, safe_key
+
+log = logging.getLogger(__name__)
+
+
+def write_filenames(run: Location, name: str, keys: Sequence[str]) -> str:
+    """``filenames/<name>_filenames.txt``: one key per line, as the Lightly Worker writes them."""
+    body = "".join(f"{k}\n" for k in keys)
+    return artifacts.write_bytes(run, f"filenames/{name}_filenames.txt", body.encode())
+
+
+def embeddings_csv(keys: Sequence[str], vectors: np.ndarray, labels: Sequence[int] | None = None) -> bytes:
+    """Lightly's ``embeddings.csv``: ``filenames,embedding_0..embedding_{D-1},labels``; (N, D) float32 in."""
+    dim = vectors.shape[1] if vectors.ndim == 2 and len(vectors) else 0
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["filenames", *(f"embedding_{i}" for i in range(dim)), "labels"])
+    labels = labels if labels is not None else [0] * len(keys)
+    for key, row, label in zip(keys, vectors, labels, strict=True):
+        writer.writerow([key, *(f"{v:.8g}" for v in row), label])
+    return out.getvalue().encode()
+
+
+def dump_selected(datasource: Location, output: Location, keys: Sequence[str], counter: ByteCounter) -> int:
+    """Copy the selected originals to ``output`` under their relative keys; returns the number copied.
+
+    Keys that would escape the output root (``..``, absolute paths) raise ValueError before anything is read.
+    """
+    targets = [(key, safe_key(key)) for key in keys]
+    progress = Progress("dump", len(targets))
+    for key, relative in targets:
+        data = read_object(datasource, key, counter)
+        artifacts.write_bytes(output, relative, data)
+        progress.update()
+    progress.finish()
+    return len(targets)
+
+
+def build_report(
+    *,
+    dataset: str,
+    run_id: str,
+    config: dict[str, Any],
+    counts: dict[str, int],
+    stages: dict[str, dict[str, Any]],
+    datasource_bytes: int,
+    outputs: dict[str, str],
+    selection: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``report.json`` document: Lightly-style ``datasetSizes``, ``traffic`` and per-stage figures."""
+    bytes_read = sum(int(s.get("bytesRead", 0)) for s in stages.values())
+    return {
+        "dataset": dataset,
+        "runId": run_id,
+        "datasetSizes": counts,
+        "traffic": {
+            "datasourceBytes": datasource_bytes,
+            "bytesRead": bytes_read,
+            "ratio": round(bytes_read / datasource_bytes, 4) if datasource_bytes else None,
+        },
+        "selection": selection,
+        "stages": stages,
+        "outputs": outputs,
+        "config": config,
+    }
