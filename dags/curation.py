@@ -39,9 +39,9 @@ def _params() -> dict[str, Param]:
     default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
 )
 def lightly_curation() -> None:
-    @task(task_id="list", multiple_outputs=True, retries=0)
-    def list_objects(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
-        return pipeline.list_stage(run_context(params, run_id))
+    @task(task_id="list", retries=0)
+    def list_objects(params: dict[str, Any] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+        return pipeline.per_shard(pipeline.list_stage(run_context(params, run_id)))
 
     @task(task_id="frame_counting")
     def frame_counting(params: dict[str, Any] | None = None) -> None:
@@ -49,8 +49,8 @@ def lightly_curation() -> None:
             raise AirflowSkipException("input_type is not 'videos': no frames to count")
 
     @task(trigger_rule="none_failed")
-    def corruptness(shard: int, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
-        return pipeline.corruptness_stage(run_context(params, run_id), shard)
+    def corruptness(listed: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+        return pipeline.corruptness_stage(run_context(params, run_id), listed["shard"])
 
     @task(task_id="training")
     def training(params: dict[str, Any] | None = None) -> None:
@@ -75,7 +75,7 @@ def lightly_curation() -> None:
 
     @task(trigger_rule="none_failed")
     def upload(
-        listing: dict,
+        listing: list[dict],
         decoded: list[dict],
         embedded: list[dict],
         selected: dict,
@@ -85,7 +85,7 @@ def lightly_curation() -> None:
     ) -> dict:
         return pipeline.upload_stage(
             run_context(params, run_id),
-            listing=listing,
+            listing=listing[0],
             decoded=list(decoded),
             embedded=list(embedded),
             selection=selected,
@@ -94,7 +94,7 @@ def lightly_curation() -> None:
 
     listing = list_objects()
     counted = frame_counting()
-    decoded = corruptness.expand(shard=listing["shards"])
+    decoded = corruptness.expand(listed=listing)
     trained = training()
     embedded = embedding.expand(decoded=decoded)
     pretagged = pretagging()

@@ -107,6 +107,12 @@ def list_stage(ctx: RunContext) -> Manifest:
     }
 
 
+def per_shard(listing: Manifest) -> list[Manifest]:
+    """One manifest per shard (the listing's figures plus ``shard``), the list a mapped task expands over."""
+    summary = {k: v for k, v in listing.items() if k != "shards"}
+    return [{**summary, "shard": shard} for shard in listing["shards"]]
+
+
 def _shard_objects(ctx: RunContext, shard: int) -> pd.DataFrame:
     objects = artifacts.read_table(ctx.run, "list/objects.parquet")
     return objects[objects["shard"] == shard].reset_index(drop=True)
@@ -207,7 +213,7 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
         table = pd.DataFrame(columns=["key", "etag", "size", "verdict", "reason", "content_hash"])
     table = table.sort_values("key", kind="stable").reset_index(drop=True)
     status = np.where(table["verdict"] == "ok", "candidate", "corrupt").astype(object)
-    reason = table["reason"].astype(object).where(table["verdict"] != "ok", None).to_numpy()
+    reason = table["reason"].astype(object).where(table["verdict"] != "ok", None).to_numpy(copy=True)
 
     # Objects that already are samples of this dataset with the same etag (process_all) are not re-selected.
     same_source = existing[existing["datasource"] == ctx.datasource_id] if len(existing) else existing

@@ -77,3 +77,40 @@ def build_report(
         "outputs": outputs,
         "config": config,
     }
+
+
+def latest_report(dataset: Location) -> tuple[str, dict[str, Any]]:
+    """The newest ``report.json`` under ``<artifacts_root>/<dataset>/runs/`` (by modification time)."""
+    runs = dataset.child("runs")
+    candidates = []
+    for path in dataset.fs.glob(runs.path("*", "report.json")):
+        info = dataset.fs.info(path)
+        candidates.append((info.get("mtime") or info.get("LastModified") or 0, path))
+    if not candidates:
+        raise FileNotFoundError(f"no report.json under {runs.uri}")
+    _, path = max(candidates, key=lambda c: c[0])
+    relative = path[len(runs.root.rstrip("/")) + 1 :]
+    return runs.child_uri(relative), artifacts.read_json(runs, relative)
+
+
+def format_summary(report: dict[str, Any], report_uri: str) -> str:
+    """A short human summary of a run for the terminal."""
+    sizes, traffic, outputs = report["datasetSizes"], report["traffic"], report["outputs"]
+    run_uri = report_uri.rsplit("/", 1)[0]
+    ratio = f"{traffic['ratio']:.2f}x" if traffic.get("ratio") is not None else "n/a"
+    lines = [
+        f"Curation run {report['runId']} of dataset {report['dataset']!r}",
+        f"  objects seen        {sizes['nListed']} ({sizes['nSkippedSeen']} already in the datapool, "
+        f"{sizes['nInput']} processed)",
+        f"  corrupt             {sizes['nCorrupt']}",
+        f"  exact duplicates    {sizes['nDuplicate']}",
+        f"  selected            {sizes['nSelected']} (dataset now {sizes.get('nDatasetAfter', '?')} samples)",
+        f"  bytes read          {traffic['bytesRead']:,} of {traffic['datasourceBytes']:,} dataset bytes ({ratio})",
+        f"  report              {report_uri}",
+        f"  selected filenames  {outputs.get('selected_filenames', run_uri + '/filenames/selected_filenames.txt')}",
+        f"  corrupt filenames   {outputs.get('corrupt_filenames', '')}",
+        f"  embeddings.csv      {outputs.get('embeddings_csv', '')}",
+    ]
+    if outputs.get("dump"):
+        lines.append(f"  selected copied to  {outputs['dump']}")
+    return "\n".join(lines)
