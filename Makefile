@@ -53,8 +53,9 @@ demo: venv $(AIRFLOW_HOME)/airflow.db ## build a real image folder (with broken 
 run: venv $(AIRFLOW_HOME)/airflow.db ## one curation run with CONF='<json>' (what a UI trigger does)
 	airflow dags test lightly_curation -c '$(CONF)'
 
-ui: venv $(AIRFLOW_HOME)/airflow.db ## airflow standalone with these DAGs on http://localhost:8080
-	exec airflow standalone
+UI_PORT ?= 8080
+ui: venv $(AIRFLOW_HOME)/airflow.db ## airflow standalone with these DAGs on http://localhost:$(UI_PORT)
+	AIRFLOW__API__PORT=$(UI_PORT) AIRFLOW__API__BASE_URL=http://localhost:$(UI_PORT) exec airflow standalone
 
 system-packages: ## Debian packages the tests need (docker-compose to validate the compose file)
 	scripts/install-system-packages.sh

@@ -224,8 +224,8 @@ class RunConfig:
         default=True,
         metadata=_opt(
             "Corruptness check",
-            "Verify every object's integrity (checksums, truncation) while decoding. Objects that cannot be "
-            "decoded at all are always excluded and listed.",
+            "Also run the integrity pass (e.g. PNG chunk checksums) before decoding. Objects that cannot be "
+            "decoded at all (empty, truncated, not an image, too many pixels) are always excluded and listed.",
         ),
     )
     remove_exact_duplicates: bool = field(

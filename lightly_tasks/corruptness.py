@@ -47,13 +47,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
+def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool = True) -> ImageCheck:
     """Decode `data` completely and return a verdict; any failure becomes `ok=False` with a reason.
 
     Steps: identify the format from the header; reject a declared width*height above `max_pixels` before
     any pixel is decoded (decompression bombs); `verify()` (checks PNG chunk CRCs); reopen and `load()`
     the first frame (a truncated file fails here because `ImageFile.LOAD_TRUNCATED_IMAGES` is left False);
-    apply the EXIF orientation; convert to 8-bit RGB (see `to_rgb`).
+    apply the EXIF orientation; convert to 8-bit RGB (see `to_rgb`). With ``verify=False`` (the config's
+    ``enable_corruptness_check: false``) the `verify()` pass is skipped: faster, but a PNG whose pixels decode
+    despite a bad chunk CRC is accepted.
 
     Pillow's own bomb check (module-level `Image.MAX_IMAGE_PIXELS`) still applies and is not changed here:
     above twice that limit Pillow refuses the image whatever `max_pixels` says (reported as a decompression
@@ -74,7 +76,8 @@ def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCh
                     fmt,
                     mode,
                 )
-            probe.verify()
+            if verify:
+                probe.verify()
         with Image.open(io.BytesIO(data)) as decoded:
             decoded.load()
             rgb = to_rgb(_exif_transposed(decoded))

@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from lightly_tasks import artifacts
-from lightly_tasks.corruptness import check_image, content_hash
+from lightly_tasks.corruptness import DEFAULT_MAX_PIXELS, check_image, content_hash
 from lightly_tasks.metadata import image_metadata
 from lightly_tasks.progress import Progress
 from lightly_tasks.storage import ByteCounter, Location, read_object
@@ -64,10 +64,12 @@ def thumbnail(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
-def decode_object(data: bytes, *, image_size: int, max_pixels: int | None = None) -> Decoded:
+def decode_object(
+    data: bytes, *, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool = True
+) -> Decoded:
     """Check, measure and thumbnail one object's bytes; never raises on bad data."""
     digest = content_hash(data)
-    check = check_image(data) if max_pixels is None else check_image(data, max_pixels=max_pixels)
+    check = check_image(data, max_pixels=max_pixels, verify=verify)
     if not check.ok or check.image is None:
         return Decoded("corrupt", check.reason, digest, {"sizeInBytes": len(data)}, None)
     rgb = np.asarray(check.image)
@@ -83,7 +85,8 @@ def decode_shard(
     image_size: int,
     counter: ByteCounter,
     workers: int = 4,
-    max_pixels: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    verify: bool = True,
 ) -> pd.DataFrame:
     """Run the decoding pass over ``objects`` (key, size, etag, ...) and write the cache parts under ``cache``.
 
@@ -98,7 +101,7 @@ def decode_shard(
             return Decoded("corrupt", "missing: the object disappeared after listing", None, {}, None)
         except OSError as exc:
             return Decoded("corrupt", f"read error: {type(exc).__name__}: {exc}", None, {}, None)
-        return decode_object(data, image_size=image_size, max_pixels=max_pixels)
+        return decode_object(data, image_size=image_size, max_pixels=max_pixels, verify=verify)
 
     progress = Progress("decode", len(objects))
     rows: list[dict[str, Any]] = []
