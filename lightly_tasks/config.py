@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import sqlalchemy.engine
 
 INPUT_TYPES = ("images", "videos")
 EMBEDDING_MODELS = (
@@ -32,7 +34,12 @@ EMBEDDING_MODELS = (
     "efficientnet_b0",
     "convnext_tiny",
 )
-SUPPORTED_SCHEMES = ("file",)
+VIDEO_BACKENDS = ("pyav", "decord")
+DUMP_FORMATS = ("png", "jpeg")
+SUPPORTED_SCHEMES = ("file", "s3")
+DEFAULT_CONN_IDS = {"s3": "aws_default"}
+"""The Airflow connection used for a scheme when the conf names none."""
+DEFAULT_MAX_OBJECT_BYTES = 512 * 2**20
 
 
 class ConfigError(ValueError):
@@ -63,20 +70,30 @@ def _opt(
 
 def _check_uri(value: str) -> str | None:
     if not value:
-        return "is required, e.g. file:///data/images"
-    scheme = urlsplit(value).scheme
-    if scheme not in SUPPORTED_SCHEMES:
-        return f"scheme {scheme or '(none)'!r} is not supported; use one of: {', '.join(SUPPORTED_SCHEMES)}"
-    return None
+        return "is required, e.g. file:///data/images or s3://bucket/prefix"
+    return _check_optional_uri(value)
 
 
 def _check_optional_uri(value: str | None) -> str | None:
     if value is None or value == "":
         return None
-    scheme = urlsplit(value).scheme
-    if scheme not in SUPPORTED_SCHEMES:
-        return f"scheme {scheme or '(none)'!r} is not supported; use one of: {', '.join(SUPPORTED_SCHEMES)}"
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "is not a valid URI"
+    if parts.scheme not in SUPPORTED_SCHEMES:
+        supported = ", ".join(SUPPORTED_SCHEMES)
+        return f"scheme {parts.scheme or '(none)'!r} is not supported; use one of: {supported}"
+    if "@" in parts.netloc:
+        return "must not carry credentials or a connection id; name an Airflow connection in the conn_id key"
+    if parts.scheme != "file" and not parts.netloc:
+        return f"names no bucket; expected {parts.scheme}://bucket/prefix"
     return None
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of ``uri`` ('file' for a bare path)."""
+    return urlsplit(uri).scheme or "file"
 
 
 def _check_dataset_name(value: str) -> str | None:
@@ -93,8 +110,7 @@ class DatasourceConfig:
         default="",
         metadata=_opt(
             "Datasource URI",
-            "Folder or bucket prefix to curate, e.g. file:///data/images (s3://, gs://, az:// come with their "
-            "providers).",
+            "Folder or bucket prefix to curate, e.g. file:///data/images or s3://bucket/prefix.",
             check=_check_uri,
         ),
     )
@@ -102,7 +118,9 @@ class DatasourceConfig:
         default=None,
         metadata=_opt(
             "Connection id",
-            "Airflow connection holding the datasource's credentials. Not used for file:// URIs.",
+            "Airflow connection holding the datasource's credentials (for S3: keys, and endpoint_url and "
+            "region_name in its extras for any S3-compatible store). Empty: aws_default for s3://. Not used "
+            "for file:// URIs.",
         ),
     )
     process_all: bool = field(
@@ -183,8 +201,59 @@ class DumpConfig:
         default=None,
         metadata=_opt(
             "Dump output URI",
-            "If set, the selected objects are copied here under their relative keys.",
+            "If set, the selected objects are copied here under their relative keys (with the "
+            "artifacts_conn_id connection for s3://). For videos, the selected frames are written as images "
+            "under their frame names.",
             check=_check_optional_uri,
+        ),
+    )
+    format: str = field(
+        default="png",
+        metadata=_opt(
+            "Frame image format",
+            "Image format of dumped video frames (images are copied as they are).",
+            enum=DUMP_FORMATS,
+        ),
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata=_opt(
+            "Frame image size",
+            "If set, dumped video frames are resized so that their longer side has this many pixels "
+            "(aspect ratio kept). Empty: full resolution.",
+            minimum=8,
+            maximum=8192,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """How videos are decoded (input_type: videos)."""
+
+    frame_stride: int = field(
+        default=1,
+        metadata=_opt(
+            "Frame stride",
+            "Use every k-th frame of each video as a sample (1: every frame). All frames are still decoded.",
+            minimum=1,
+        ),
+    )
+    timeout_seconds: float = field(
+        default=1800.0,
+        metadata=_opt(
+            "Time limit per video",
+            "Seconds a single video may take to count or decode. A video over it keeps the frames decoded so "
+            "far; the rest are listed as corrupt with the reason 'timeout', and the run goes on.",
+            exclusive_minimum=0.0,
+        ),
+    )
+    backend: str = field(
+        default="pyav",
+        metadata=_opt(
+            "Decoder",
+            "pyav streams each video with ranged reads; decord reads each whole video into memory first.",
+            enum=VIDEO_BACKENDS,
         ),
     )
 
@@ -262,9 +331,26 @@ class RunConfig:
         default="",
         metadata=_opt(
             "Artifacts root URI",
-            "Where tables, the decoded cache, reports and exports go. Empty: $LIGHTLY_ARTIFACTS_ROOT or "
-            "<LIGHTLY_HOME>/artifacts.",
+            "Where tables, the decoded cache, reports and exports go: a folder or an s3://bucket/prefix. "
+            "Empty: $LIGHTLY_ARTIFACTS_ROOT or <LIGHTLY_HOME>/artifacts.",
             check=_check_optional_uri,
+        ),
+    )
+    artifacts_conn_id: str | None = field(
+        default=None,
+        metadata=_opt(
+            "Artifacts connection id",
+            "Airflow connection for an s3:// artifacts root, dump output and checkpoint. Empty: the "
+            "datasource's connection (aws_default if that has none).",
+        ),
+    )
+    max_object_bytes: int = field(
+        default=DEFAULT_MAX_OBJECT_BYTES,
+        metadata=_opt(
+            "Maximum object size",
+            "Objects larger than this many bytes (as listed) are not read; they are reported as corrupt with "
+            "the reason 'too large'.",
+            minimum=1,
         ),
     )
     store_url: str = field(
@@ -274,7 +360,21 @@ class RunConfig:
             "SQLAlchemy URL of the dataset store. Empty: $LIGHTLY_STORE_URL or a SQLite file in LIGHTLY_HOME.",
         ),
     )
-    dump: DumpConfig = field(default_factory=DumpConfig, metadata=_opt("Dump", "output."))
+    video: VideoConfig = field(
+        default_factory=VideoConfig,
+        metadata=_opt("Video", "frame_stride, timeout_seconds, backend (input_type: videos)."),
+    )
+    selected_sequence_length: int = field(
+        default=1,
+        metadata=_opt(
+            "Selected sequence length",
+            "Videos only: split each video into runs of this many consecutive (sampled) frames and select "
+            "whole runs, compared by their mean embedding. stopping_condition.n_samples counts frames and must "
+            "be a multiple of it. 1: select single frames.",
+            minimum=1,
+        ),
+    )
+    dump: DumpConfig = field(default_factory=DumpConfig, metadata=_opt("Dump", "output, format, image_size."))
     keep_cache: bool = field(
         default=False,
         metadata=_opt(
@@ -298,18 +398,45 @@ def _redact_tree(value: Any) -> Any:
     return value
 
 
+_DATABASE_DIALECTS = frozenset({"postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"})
+_SECRET_QUERY_KEYS = frozenset(
+    {"password", "passwd", "pwd", "secret", "token", "sig", "signature", "x-amz-signature",
+     "x-amz-security-token", "x-amz-credential", "access_key", "secret_key", "aws_secret_access_key",
+     "account_key", "sas_token", "key"}
+)
+
+
 def redact_uri(uri: str) -> str:
-    """Replace the password (or a lone token) in a URI's user-info with ``***``."""
+    """``uri`` with every credential replaced by ``***``: user-info passwords, lone tokens, secret query values.
+
+    Database URLs are parsed the way SQLAlchemy parses them, so a password holding ``/`` or ``#`` (which
+    SQLAlchemy accepts unencoded) is still hidden.
+    """
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme.split("+", 1)[0] in _DATABASE_DIALECTS:
+        try:
+            uri = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+        except Exception:
+            return f"{scheme}://***"
     try:
         parts = urlsplit(uri)
     except ValueError:
         return "***"
-    if "@" not in parts.netloc:
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+            query = urlencode(
+                [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*/:"
+            )
+    if netloc == parts.netloc and query == parts.query:
         return uri
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    masked = f"{user}:***@{host}" if user else f"***@{host}"
-    return urlunsplit((parts.scheme, masked, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def lightly_home() -> Path:
@@ -328,14 +455,25 @@ def _resolve_defaults(cfg: RunConfig) -> RunConfig:
     store_url = cfg.store_url or os.environ.get("LIGHTLY_STORE_URL") or (
         f"sqlite:///{(lightly_home() / 'store.db').resolve()}"
     )
-    return dataclasses.replace(cfg, artifacts_root=artifacts_root.rstrip("/"), store_url=store_url)
+    datasource_conn_id = cfg.datasource.conn_id or DEFAULT_CONN_IDS.get(uri_scheme(cfg.datasource.uri))
+    artifacts_conn_id = (
+        cfg.artifacts_conn_id or datasource_conn_id or DEFAULT_CONN_IDS.get(uri_scheme(artifacts_root))
+    )
+    return dataclasses.replace(
+        cfg,
+        datasource=dataclasses.replace(cfg.datasource, conn_id=datasource_conn_id),
+        artifacts_root=artifacts_root.rstrip("/"),
+        artifacts_conn_id=artifacts_conn_id,
+        store_url=store_url,
+    )
 
 
 def parse_config(conf: Mapping[str, Any]) -> RunConfig:
     """Validate a trigger conf / Params mapping and build the typed :class:`RunConfig`.
 
     Raises :class:`ConfigError` naming the offending key for unknown keys, wrong types and impossible values.
-    Empty ``artifacts_root`` / ``store_url`` are resolved to the embedded defaults.
+    Empty ``artifacts_root`` / ``store_url`` are resolved to the embedded defaults, empty connection ids to
+    the scheme's default connection (``aws_default`` for s3://) or, for the artifacts, the datasource's.
     """
     cfg = _parse_dataclass(RunConfig, conf, prefix="")
     stop = cfg.stopping_condition
@@ -343,8 +481,14 @@ def parse_config(conf: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(
             "stopping_condition: set at least one of n_samples, proportion_samples, min_distance"
         )
-    if cfg.input_type == "videos":
-        raise ConfigError("input_type: 'videos' is not supported yet; use 'images'")
+    if cfg.selected_sequence_length > 1:
+        if cfg.input_type != "videos":
+            raise ConfigError("selected_sequence_length: sequences can only be selected from videos")
+        if stop.n_samples is not None and stop.n_samples % cfg.selected_sequence_length:
+            raise ConfigError(
+                f"stopping_condition.n_samples: counts frames and must be a multiple of selected_sequence_length="
+                f"{cfg.selected_sequence_length}; got {stop.n_samples}"
+            )
     if cfg.enable_training:
         raise ConfigError("enable_training: self-supervised training is not available yet; set it to false")
     return _resolve_defaults(cfg)
