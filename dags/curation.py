@@ -7,6 +7,7 @@ themselves when the configuration does not enable them.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pendulum
@@ -16,6 +17,10 @@ from airflow.sdk.exceptions import AirflowSkipException
 from lightly_airflow.context import run_context
 from lightly_tasks import pipeline
 from lightly_tasks.config import param_schemas
+
+
+# Celery queue of the torch stages; docker-compose sets it to "gpu" when a GPU worker runs.
+GPU_QUEUE = os.environ.get("LIGHTLY_GPU_QUEUE", "default")
 
 
 def _params() -> dict[str, Param]:
@@ -44,24 +49,27 @@ def lightly_curation() -> None:
         return pipeline.per_shard(pipeline.list_stage(run_context(params, run_id)))
 
     @task(task_id="frame_counting")
-    def frame_counting(params: dict[str, Any] | None = None) -> None:
+    def frame_counting(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
         if params["input_type"] != "videos":
             raise AirflowSkipException("input_type is not 'videos': no frames to count")
+        from lightly_tasks import video_stages  # PyAV: imported in the task to keep DAG parsing fast
+
+        return video_stages.frame_counting_stage(run_context(params, run_id))
 
     @task(trigger_rule="none_failed")
     def corruptness(listed: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
         return pipeline.corruptness_stage(run_context(params, run_id), listed["shard"])
 
-    @task(task_id="training")
+    @task(task_id="training", queue=GPU_QUEUE)
     def training(params: dict[str, Any] | None = None) -> None:
         if not params["enable_training"]:
             raise AirflowSkipException("enable_training is false")
 
-    @task(trigger_rule="none_failed")
+    @task(trigger_rule="none_failed", queue=GPU_QUEUE)
     def embedding(decoded: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
         return pipeline.embedding_stage(run_context(params, run_id), decoded["shard"])
 
-    @task(task_id="pretagging")
+    @task(task_id="pretagging", queue=GPU_QUEUE)
     def pretagging(params: dict[str, Any] | None = None) -> None:
         raise AirflowSkipException("pretagging is not configured")
 
