@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from lightly_tasks.storage import Location
 
@@ -31,10 +33,25 @@ def run_location(artifacts: Location, dataset: str, run_id: str) -> Location:
 
 def write_bytes(location: Location, relpath: str, data: bytes) -> str:
     """Write ``data`` to ``relpath`` below ``location`` (overwriting) and return its URI."""
+    return write_chunks(location, relpath, [data])
+
+
+def write_chunks(location: Location, relpath: str, chunks: Iterable[bytes]) -> str:
+    """Stream ``chunks`` into ``relpath`` below ``location`` (overwriting) and return its URI.
+
+    The first chunk is taken before the file is opened, so a source that fails on its first read leaves no
+    file behind. Parent folders are created on local filesystems only: object stores have none, and s3fs's
+    ``makedirs`` would probe (or even create) the bucket on every write.
+    """
     path = location.path(relpath)
-    location.fs.makedirs(location.fs._parent(path), exist_ok=True)
+    chunks = iter(chunks)
+    first = next(chunks, b"")
+    if isinstance(location.fs, LocalFileSystem):
+        location.fs.makedirs(location.fs._parent(path), exist_ok=True)
     with location.fs.open(path, "wb") as f:
-        f.write(data)
+        f.write(first)
+        for chunk in chunks:
+            f.write(chunk)
     return location.child_uri(relpath)
 
 
@@ -78,7 +95,7 @@ def read_embeddings(location: Location, relpath: str) -> tuple[list[str], np.nda
         table = pq.read_table(f)
     keys = table.column("key").to_pylist()
     column = table.column("embedding").combine_chunks()
-    dim = column.type.list_size if len(column) else 0
+    dim = column.type.list_size if pa.types.is_fixed_size_list(column.type) else 0
     values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return keys, values.reshape(len(keys), dim)
 

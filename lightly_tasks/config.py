@@ -369,8 +369,8 @@ class RunConfig:
         metadata=_opt(
             "Selected sequence length",
             "Videos only: split each video into runs of this many consecutive (sampled) frames and select "
-            "whole runs, compared by their mean embedding. stopping_condition.n_samples counts frames and must "
-            "be a multiple of it. 1: select single frames.",
+            "whole runs, compared by their mean embedding. stopping_condition.n_samples counts frames and "
+            "must be a multiple of it. 1: select single frames.",
             minimum=1,
         ),
     )

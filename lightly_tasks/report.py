@@ -12,7 +12,7 @@ import numpy as np
 
 from lightly_tasks import artifacts
 from lightly_tasks.progress import Progress
-from lightly_tasks.storage import ByteCounter, Location, read_object, safe_key
+from lightly_tasks.storage import ByteCounter, Location, iter_object, safe_key
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,24 @@ def embeddings_csv(keys: Sequence[str], vectors: np.ndarray, labels: Sequence[in
     return out.getvalue().encode()
 
 
-def dump_selected(datasource: Location, output: Location, keys: Sequence[str], counter: ByteCounter) -> int:
+def dump_selected(
+    datasource: Location,
+    output: Location,
+    keys: Sequence[str],
+    counter: ByteCounter,
+    sizes: Sequence[int] | None = None,
+) -> int:
     """Copy the selected originals to ``output`` under their relative keys; returns the number copied.
 
-    Keys that would escape the output root (``..``, absolute paths) raise ValueError before anything is read.
+    Each object is streamed (ranged GETs for large ones, see :func:`iter_object`); ``sizes`` are the listed
+    sizes. Keys that would escape the output root (``..``, absolute paths) raise ValueError before anything
+    is read.
     """
     targets = [(key, safe_key(key)) for key in keys]
+    sizes = list(sizes) if sizes is not None else [None] * len(targets)
     progress = Progress("dump", len(targets))
-    for key, relative in targets:
-        data = read_object(datasource, key, counter)
-        artifacts.write_bytes(output, relative, data)
+    for (key, relative), size in zip(targets, sizes, strict=True):
+        artifacts.write_chunks(output, relative, iter_object(datasource, key, counter, size=size))
         progress.update()
     progress.finish()
     return len(targets)

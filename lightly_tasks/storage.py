@@ -1,15 +1,20 @@
-"""Datasource and artifact locations on fsspec filesystems: listing, whole-object reads, byte accounting.
+"""Datasource and artifact locations on fsspec filesystems: listing, streamed reads, byte accounting.
 
 A :class:`Location` is an fsspec filesystem plus a root path inside it. The Airflow side builds it from an
 ``ObjectStoragePath`` (which resolves the connection's credentials); tests and plain Python build it with
 :func:`location_from_uri`. Nothing here knows about Airflow.
+
+Reads never touch local disk: an object up to ``RANGED_READ_BYTES`` is one GET into memory, a larger one is
+streamed as ranged GETs of that size. Transient transport errors are retried by the filesystem (botocore's
+retry policy and s3fs's own loop for S3); what is left after those retries surfaces as
+:class:`ObjectReadError` for that one object.
 """
 
 from __future__ import annotations
 
 import posixpath
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,15 +22,51 @@ from typing import Any
 import fsspec
 import pandas as pd
 from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 
 from lightly_tasks.config import redact_uri
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 OBJECT_COLUMNS = ["key", "size", "etag", "last_modified"]
+RANGED_READ_BYTES = 16 * 2**20
+"""Objects up to this size are read with one GET; larger ones as ranged GETs of this size."""
+S3_CLIENT_CONFIG: dict[str, Any] = {"retries": {"total_max_attempts": 8, "mode": "adaptive"}}
+"""botocore client config for S3 datasources: retry 5xx, throttling and dropped connections with backoff.
+
+Keys the Airflow connection sets in its extras' ``config_kwargs`` take precedence."""
 
 
 class DatasourceNotFoundError(FileNotFoundError):
     """The datasource folder, bucket or prefix does not exist."""
+
+
+class DatasourceAccessError(PermissionError):
+    """The datasource's credentials may not list it."""
+
+
+class ObjectReadError(OSError):
+    """Reading one object failed for a reason other than its absence, after the filesystem's retries."""
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a filesystem raises for a failed transfer (OS errors plus botocore's and aiohttp's own)."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # pragma: no cover - botocore comes with the amazon provider
+        pass
+    try:
+        from aiohttp import ClientError as AiohttpClientError
+
+        errors.append(AiohttpClientError)
+    except ImportError:  # pragma: no cover - aiohttp comes with s3fs
+        pass
+    return tuple(errors)
+
+
+TRANSPORT_ERRORS = _transport_errors()
 
 
 @dataclass
@@ -68,10 +109,19 @@ def location_from_uri(uri: str, **storage_options: Any) -> Location:
 
 
 def _is_listed(key: str, extensions: Iterable[str]) -> bool:
+    if not key or key.endswith("/"):
+        return False  # the prefix itself, or a zero-byte "folder" marker key of an object store
     parts = key.split("/")
     if any(p.startswith(".") for p in parts):
         return False  # hidden files and folders, e.g. .lightly/ of exported predictions
     return posixpath.splitext(key)[1].lower() in extensions
+
+
+def bucket_of(location: Location) -> str | None:
+    """The bucket (container) name of an object-store location; None for a local folder."""
+    if isinstance(location.fs, LocalFileSystem):
+        return None
+    return location.root.lstrip("/").split("/", 1)[0]
 
 
 def _etag(info: dict[str, Any]) -> str:
@@ -100,18 +150,34 @@ def list_objects(location: Location, *, extensions: Iterable[str] = IMAGE_EXTENS
 
     Returns a frame with ``key`` (path relative to the root, '/'-separated), ``size`` (bytes), ``etag`` (the
     store's ETag, or mtime-size for filesystems without one) and ``last_modified`` (UTC). Hidden files and
-    folders (a path component starting with '.') are skipped.
-    Raises :class:`DatasourceNotFoundError` naming the URI when the root does not exist.
+    folders (a path component starting with '.') and "folder" marker keys (ending in '/') are skipped. On an
+    object store the listing pages through any number of keys; an empty or absent prefix lists nothing.
+    Raises :class:`DatasourceNotFoundError` naming the URI (and bucket) when the folder or bucket does not
+    exist, :class:`DatasourceAccessError` when the credentials may not list it.
     """
     fs, root = location.fs, location.root
-    if not fs.exists(root):
-        raise DatasourceNotFoundError(f"datasource {location.uri} does not exist")
-    if not fs.isdir(root):
-        raise DatasourceNotFoundError(f"datasource {location.uri} is not a folder or prefix")
+    fs.invalidate_cache(root)  # a long-lived filesystem must not answer a later run from an old listing
+    if isinstance(fs, LocalFileSystem):
+        if not fs.exists(root):
+            raise DatasourceNotFoundError(f"datasource {location.uri} does not exist")
+        if not fs.isdir(root):
+            raise DatasourceNotFoundError(f"datasource {location.uri} is not a folder or prefix")
+    try:
+        found = fs.find(root, detail=True, withdirs=False)
+    except FileNotFoundError as exc:
+        raise DatasourceNotFoundError(
+            f"datasource {location.uri}: bucket {bucket_of(location)!r} does not exist (check the bucket "
+            "name and the connection's endpoint_url and region)"
+        ) from exc
+    except PermissionError as exc:
+        raise DatasourceAccessError(
+            f"datasource {location.uri}: access to bucket {bucket_of(location)!r} denied; the connection's "
+            "credentials need permission to list it (s3:ListBucket) and read its objects (s3:GetObject)"
+        ) from exc
     extensions = frozenset(e.lower() for e in extensions)
     prefix = root.rstrip("/") + "/"
     rows = []
-    for path, info in fs.find(root, detail=True, withdirs=False).items():
+    for path, info in found.items():
         if info.get("type") == "directory" or not path.startswith(prefix):
             continue
         key = path[len(prefix) :]
@@ -124,12 +190,49 @@ def list_objects(location: Location, *, extensions: Iterable[str] = IMAGE_EXTENS
     return frame.sort_values("key", kind="stable").reset_index(drop=True)
 
 
-def read_object(location: Location, key: str, counter: ByteCounter | None = None) -> bytes:
-    """Read one object whole into memory (one GET on object stores) and count its bytes."""
-    data = location.fs.cat_file(location.path(key))
+def iter_object(
+    location: Location,
+    key: str,
+    counter: ByteCounter | None = None,
+    *,
+    size: int | None = None,
+    chunk_bytes: int = RANGED_READ_BYTES,
+) -> Iterator[bytes]:
+    """Stream one object's bytes, counting each chunk as it arrives.
+
+    ``size`` is the listed size. An object of at most ``chunk_bytes`` is one GET of the whole object, sent as
+    the range ``bytes=0-`` so that s3fs does not ask for its size first; a larger one is read as ranged GETs
+    of ``chunk_bytes``; a zero-byte one is not fetched at all; one of unknown size is a plain whole-object
+    read (s3fs may ask for its size first). Raises FileNotFoundError when the object is gone and
+    :class:`ObjectReadError` for any other failure left after the retries.
+    """
+    path = location.path(key)
+    if size == 0:
+        return
+    try:
+        if size is not None and size > chunk_bytes:
+            # cat_file with an explicit range is one GET; s3fs's file objects would HEAD the object first
+            for start in range(0, size, chunk_bytes):
+                chunk = location.fs.cat_file(path, start=start, end=min(start + chunk_bytes, size))
+                if counter is not None:
+                    counter.add(len(chunk))
+                yield chunk
+            return
+        data = location.fs.cat_file(path) if size is None else location.fs.cat_file(path, start=0)
+    except FileNotFoundError:
+        raise
+    except TRANSPORT_ERRORS as exc:
+        raise ObjectReadError(f"{type(exc).__name__}: {exc}") from exc
     if counter is not None:
         counter.add(len(data))
-    return data
+    yield data
+
+
+def read_object(
+    location: Location, key: str, counter: ByteCounter | None = None, *, size: int | None = None
+) -> bytes:
+    """Read one object into memory (see :func:`iter_object` for how) and count its bytes."""
+    return b"".join(iter_object(location, key, counter, size=size))
 
 
 def safe_key(key: str) -> str:

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
+from airflow.sdk.io import get_fs
+from fsspec import AbstractFileSystem
 
 from lightly_tasks.config import parse_config, redact_uri
 from lightly_tasks.pipeline import RunContext
-from lightly_tasks.storage import Location
+from lightly_tasks.storage import S3_CLIENT_CONFIG, Location
 
 
 def location_for(uri: str, conn_id: str | None = None) -> Location:
     """A :class:`Location` for ``uri`` whose filesystem carries the Airflow connection's credentials."""
     path = ObjectStoragePath(uri, conn_id=conn_id)
     root = path.path.rstrip("/") or "/"
-    return Location(fs=path.fs, root=root, uri=redact_uri(uri.rstrip("/")))
+    fs = _s3_filesystem(conn_id) if path.protocol in ("s3", "s3a") else path.fs
+    return Location(fs=fs, root=root, uri=redact_uri(uri.rstrip("/")))
+
+
+def _s3_filesystem(conn_id: str | None) -> AbstractFileSystem:
+    """A fresh s3fs filesystem for the connection, with :data:`S3_CLIENT_CONFIG` under its own settings.
+
+    The amazon provider reads credentials, ``endpoint_url``, region and ``config_kwargs`` from the connection;
+    the retry policy is added for the keys that the connection's ``config_kwargs`` leave unset. A fresh
+    filesystem per location also means no listing cache outlives a task.
+    """
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    own = S3Hook(aws_conn_id=conn_id).conn_config.extra_config.get("config_kwargs") or {}
+    options = {key: value for key, value in S3_CLIENT_CONFIG.items() if key not in own}
+    return get_fs("s3", conn_id, storage_options=options)
 
 
 def run_context(params: Mapping[str, Any], run_id: str) -> RunContext:
@@ -26,6 +44,6 @@ def run_context(params: Mapping[str, Any], run_id: str) -> RunContext:
         config=config,
         run_id=run_id,
         datasource=location_for(config.datasource.uri, config.datasource.conn_id),
-        artifacts=location_for(config.artifacts_root),
-        resolve=location_for,
+        artifacts=location_for(config.artifacts_root, config.artifacts_conn_id),
+        resolve=functools.partial(location_for, conn_id=config.artifacts_conn_id),
     )
