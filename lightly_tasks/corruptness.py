@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS: int = 89_478_485
 """Largest width*height accepted; the same figure as Pillow's default `Image.MAX_IMAGE_PIXELS`."""
@@ -19,6 +20,17 @@ DEFAULT_MAX_PIXELS: int = 89_478_485
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa", "P"})
 _DIRECT_TO_RGB_MODES = frozenset({"1", "L", "RGBX", "CMYK", "YCbCr"})
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation -> the transposition that shows the image upright, as `ImageOps.exif_transpose`."""
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,9 @@ class ImageCheck:
     `reason` is None when `ok`; otherwise a short human reason whose prefix before ':' is stable and can be
     counted in reports ("empty file", "not an image", "truncated", "bad PNG CRC", "decompression bomb",
     "unsupported mode X", "decode error"). When `ok`, `image` is fully loaded, EXIF orientation applied,
-    8-bit RGB, and independent of the input bytes.
+    8-bit RGB, and independent of the input bytes. `full_size` is the (width, height) of the image at full
+    resolution after EXIF orientation, as declared by the header: `image.size`, unless `check_image` was asked
+    for a reduced JPEG decode (`draft_size`); None when not `ok`.
     """
 
     ok: bool
@@ -36,6 +50,7 @@ class ImageCheck:
     image: Image.Image | None
     format: str | None
     original_mode: str | None
+    full_size: tuple[int, int] | None = None
 
 
 class UnsupportedModeError(ValueError):
@@ -47,7 +62,13 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool = True) -> ImageCheck:
+def check_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    verify: bool = True,
+    draft_size: Callable[[int, int], tuple[int, int]] | None = None,
+) -> ImageCheck:
     """Decode `data` completely and return a verdict; any failure becomes `ok=False` with a reason.
 
     Steps: identify the format from the header; reject a declared width*height above `max_pixels` before
@@ -55,7 +76,15 @@ def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bo
     the first frame (a truncated file fails here because `ImageFile.LOAD_TRUNCATED_IMAGES` is left False);
     apply the EXIF orientation; convert to 8-bit RGB (see `to_rgb`). With ``verify=False`` (the config's
     ``enable_corruptness_check: false``) the `verify()` pass is skipped: faster, but a PNG whose pixels decode
-    despite a bad chunk CRC is accepted.
+    despite a bad chunk CRC is accepted. Formats whose `verify()` checks nothing (JPEG, GIF, ...: Pillow only
+    overrides it for PNG) are decoded from the already opened header instead of being opened twice.
+
+    ``draft_size``, when given, is called with the declared (width, height) in stored orientation and returns
+    the smallest (width, height) the caller needs; a JPEG is then decoded with libjpeg's DCT scaling at the
+    smallest scale (1/2, 1/4 or 1/8, Pillow's `Image.draft`) that still covers it, and `image` is that smaller
+    image while `full_size` keeps the declared size. The whole entropy-coded stream is still read and
+    Huffman-decoded, so a truncated or corrupt JPEG fails exactly as in a full decode. Other formats ignore
+    it.
 
     Pillow's own bomb check (module-level `Image.MAX_IMAGE_PIXELS`) still applies and is not changed here:
     above twice that limit Pillow refuses the image whatever `max_pixels` says (reported as a decompression
@@ -67,25 +96,29 @@ def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bo
     fmt: str | None = None
     mode: str | None = None
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt, mode = probe.format, probe.mode
-            width, height = probe.size
-            if width * height > max_pixels:
-                return _corrupt(
-                    f"decompression bomb: {width}x{height} = {width * height} pixels > limit {max_pixels}",
-                    fmt,
-                    mode,
-                )
-            if verify:
-                probe.verify()
-        with Image.open(io.BytesIO(data)) as decoded:
-            decoded.load()
-            rgb = to_rgb(_exif_transposed(decoded))
+        decoded = probe = Image.open(io.BytesIO(data))
+        fmt, mode = probe.format, probe.mode
+        width, height = probe.size
+        if width * height > max_pixels:
+            return _corrupt(
+                f"decompression bomb: {width}x{height} = {width * height} pixels > limit {max_pixels}",
+                fmt,
+                mode,
+            )
+        if verify and type(probe).verify is not ImageFile.ImageFile.verify:
+            probe.verify()
+            decoded = Image.open(io.BytesIO(data))
+        if draft_size is not None:
+            decoded.draft(None, draft_size(width, height))
+        decoded.load()
+        oriented, swapped = _exif_oriented(decoded)
+        rgb = oriented if oriented is not decoded and oriented.mode == "RGB" else to_rgb(oriented)
     except UnsupportedModeError as exc:
         return _corrupt(str(exc), fmt, mode)
     except Exception as exc:
         return _corrupt(_reason(exc, fmt), fmt, mode)
-    return ImageCheck(ok=True, reason=None, image=rgb, format=fmt, original_mode=mode)
+    full_size = (height, width) if swapped else (width, height)
+    return ImageCheck(ok=True, reason=None, image=rgb, format=fmt, original_mode=mode, full_size=full_size)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -127,12 +160,21 @@ def _stretch_to_rgb(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.repeat(grey8[:, :, None], 3, axis=2))
 
 
-def _exif_transposed(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag; a malformed EXIF block leaves the (valid) pixels as they are."""
+def _exif_oriented(image: Image.Image) -> tuple[Image.Image, bool]:
+    """Apply the EXIF orientation tag; return the upright image and whether width and height swapped.
+
+    The same transpositions as `ImageOps.exif_transpose`, without its copy of an already upright image or its
+    rewrite of the EXIF/XMP info. Returns `image` itself when it is upright; a malformed EXIF block leaves
+    the (valid) pixels as they are.
+    """
     try:
-        return ImageOps.exif_transpose(image)
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        method = _ORIENTATIONS.get(orientation)
+        if method is None:
+            return image, False
+        return image.transpose(method), orientation in _SWAPPING_ORIENTATIONS
     except Exception:
-        return image
+        return image, False
 
 
 def _reason(exc: BaseException, fmt: str | None) -> str:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from lightly_tasks import artifacts
 from lightly_tasks.corruptness import DEFAULT_MAX_PIXELS, check_image, content_hash
-from lightly_tasks.metadata import image_metadata
+from lightly_tasks.metadata import reduced_decode_size, working_copy, working_copy_metadata
 from lightly_tasks.progress import Progress
 from lightly_tasks.storage import ByteCounter, Location, read_object
 
@@ -61,20 +61,34 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, windo
 
 def thumbnail(image: Image.Image, size: int) -> np.ndarray:
     """Resize the whole image (no crop) to ``size`` x ``size`` RGB and return it as (S, S, 3) uint8."""
-    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
 def decode_object(
     data: bytes, *, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool = True
 ) -> Decoded:
-    """Check, measure and thumbnail one object's bytes; never raises on bad data."""
+    """Check, measure and thumbnail one object's bytes; never raises on bad data.
+
+    Only what is needed is decoded: a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) from which the
+    metadata's working copy (<= 512 px) is still an integer box-reduction and whose sides stay at least
+    ``image_size`` (`metadata.reduced_decode_size`). The working copy is made once; the metadata and, when
+    both its sides are at least ``image_size``, the thumbnail come from it (else from the decoded image).
+    ``width``/``height`` stay the full, header-declared size.
+    """
     digest = content_hash(data)
-    check = check_image(data, max_pixels=max_pixels, verify=verify)
-    if not check.ok or check.image is None:
+
+    def draft_size(width: int, height: int) -> tuple[int, int]:
+        return reduced_decode_size(width, height, min_side=image_size)
+
+    check = check_image(data, max_pixels=max_pixels, verify=verify, draft_size=draft_size)
+    if not check.ok or check.image is None or check.full_size is None:
         return Decoded("corrupt", check.reason, digest, {"sizeInBytes": len(data)}, None)
-    rgb = np.asarray(check.image)
-    meta = image_metadata(rgb, size_in_bytes=len(data))
-    return Decoded("ok", None, digest, meta, thumbnail(check.image, image_size))
+    width, height = check.full_size
+    work = working_copy(check.image, full_size=check.full_size)
+    meta = working_copy_metadata(work, width=width, height=height, size_in_bytes=len(data))
+    source = work if min(work.size) >= image_size else check.image
+    return Decoded("ok", None, digest, meta, thumbnail(source, image_size))
 
 
 def decode_shard(
@@ -87,16 +101,22 @@ def decode_shard(
     workers: int = 4,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     verify: bool = True,
+    max_object_bytes: int | None = None,
 ) -> pd.DataFrame:
     """Run the decoding pass over ``objects`` (key, size, etag, ...) and write the cache parts under ``cache``.
 
     Returns one row per object: the input columns plus ``verdict``, ``reason``, ``content_hash``,
     ``cache_part``/``cache_row`` (where its thumbnail is; -1 when corrupt) and the metadata columns.
+    Objects whose listed size is over ``max_object_bytes`` are judged "too large: ..." without being read.
     """
 
-    def work(key: str) -> Decoded:
+    def work(item: tuple[str, int | None]) -> Decoded:
+        key, size = item
+        if max_object_bytes is not None and size is not None and size > max_object_bytes:
+            reason = f"too large: {size} bytes, over max_object_bytes={max_object_bytes}; not read"
+            return Decoded("corrupt", reason, None, {"sizeInBytes": size}, None)
         try:
-            data = read_object(datasource, key, counter)
+            data = read_object(datasource, key, counter, size=size)
         except FileNotFoundError:
             return Decoded("corrupt", "missing: the object disappeared after listing", None, {}, None)
         except OSError as exc:
@@ -115,7 +135,9 @@ def decode_shard(
             part, part_index = [], part_index + 1
 
     keys = objects["key"].tolist()
-    for key, decoded in zip(keys, ordered_map(work, keys, workers=workers, window=4 * workers), strict=True):
+    sizes = objects["size"].astype("int64").tolist() if "size" in objects else [None] * len(keys)
+    items = list(zip(keys, sizes, strict=True))
+    for key, decoded in zip(keys, ordered_map(work, items, workers=workers, window=4 * workers), strict=True):
         row: dict[str, Any] = {
             "key": key,
             "verdict": decoded.verdict,
@@ -148,3 +170,21 @@ def iter_cache(cache: Location, table: pd.DataFrame) -> Iterator[np.ndarray]:
     for part_index, rows in ok.groupby("cache_part", sort=True):
         part = artifacts.read_array(cache, f"part-{int(part_index):05d}.npy")
         yield part[rows["cache_row"].to_numpy()]
+
+
+@dataclass(frozen=True)
+class CachePart:
+    """One cache part's ok rows, loaded on demand: ``load()`` returns (n, S, S, 3) uint8."""
+
+    n: int
+    load: Callable[[], np.ndarray]
+
+
+def cache_parts(cache: Location, table: pd.DataFrame) -> list[CachePart]:
+    """The cache parts holding ``table``'s ok rows, for readers that visit parts in their own (random) order."""
+    ok = table[table["verdict"] == "ok"]
+    parts = []
+    for part_index, rows in ok.groupby("cache_part", sort=True):
+        name, index = f"part-{int(part_index):05d}.npy", rows["cache_row"].to_numpy()
+        parts.append(CachePart(len(index), lambda name=name, index=index: artifacts.read_array(cache, name)[index]))
+    return parts

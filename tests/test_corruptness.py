@@ -191,3 +191,69 @@ def test_content_hash() -> None:
     assert content_hash(data) == content_hash(bytes(bytearray(data)))
     assert content_hash(data) != content_hash(data + b"\x00")
     assert content_hash(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def _jpeg(image: Image.Image, **params: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, **params)
+    return out.getvalue()
+
+
+def _big_photo(size: tuple[int, int] = (2048, 1536)) -> Image.Image:
+    return demo_data.source_image("astronaut").convert("RGB").resize(size, Image.Resampling.BICUBIC)
+
+
+def test_reduced_jpeg_decode_keeps_the_declared_size() -> None:
+    data = _jpeg(_big_photo())
+    full = check_image(data)
+    assert full.ok and full.image is not None and full.image.size == full.full_size == (2048, 1536)
+    seen: list[tuple[int, int]] = []
+
+    def quarter(width: int, height: int) -> tuple[int, int]:
+        seen.append((width, height))
+        return width // 4, height // 4
+
+    reduced = check_image(data, draft_size=quarter)
+    assert seen == [(2048, 1536)]
+    assert reduced.ok and reduced.image is not None and reduced.image.mode == "RGB"
+    assert reduced.image.size == (512, 384) and reduced.full_size == (2048, 1536)
+    box = np.asarray(full.image.reduce(4), dtype=float)
+    assert np.abs(np.asarray(reduced.image, dtype=float) - box).mean() < 2
+
+
+@pytest.mark.parametrize("params", [{}, {"progressive": True}, {"subsampling": 0}], ids=str)
+def test_reduced_jpeg_decode_still_detects_truncation(params: dict[str, object]) -> None:
+    data = _jpeg(_big_photo(), **params)
+    for cut in (len(data) // 10, len(data) * 6 // 10, len(data) * 99 // 100, len(data) - 2):
+        full = check_image(data[:cut])
+        reduced = check_image(data[:cut], draft_size=lambda w, h: (w // 8, h // 8))
+        assert reduced.reason is not None and reduced.reason.startswith("truncated"), (cut, reduced.reason)
+        assert reduced.reason == full.reason
+    assert check_image(data, draft_size=lambda w, h: (w // 8, h // 8)).ok
+
+
+def test_reduced_decode_of_exif_rotated_jpeg_reports_the_upright_full_size() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _jpeg(_big_photo((640, 400)), exif=exif)
+    full = check_image(data)
+    reduced = check_image(data, draft_size=lambda w, h: (w // 2, h // 2))
+    assert full.image is not None and full.image.size == full.full_size == (400, 640)
+    assert reduced.image is not None and reduced.image.size == (200, 320) and reduced.full_size == (400, 640)
+
+
+def test_draft_size_leaves_other_formats_whole() -> None:
+    data = _png(_big_photo((600, 400)))
+    check = check_image(data, draft_size=lambda w, h: (w // 8, h // 8))
+    assert check.ok and check.image is not None and check.image.size == check.full_size == (600, 400)
+    assert (
+        check_image(demo_data.bad_png_crc(), draft_size=lambda w, h: (1, 1)).reason
+        == check_image(demo_data.bad_png_crc()).reason
+    )
+
+
+def test_cmyk_jpeg_reduced_decode_is_rgb() -> None:
+    data = _jpeg(_big_photo((1024, 768)).convert("CMYK"))
+    check = check_image(data, draft_size=lambda w, h: (w // 2, h // 2))
+    assert check.ok and check.image is not None
+    assert (check.image.mode, check.image.size, check.full_size) == ("RGB", (512, 384), (1024, 768))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import re
@@ -16,9 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
 
 from lightly_tasks import decoding
-from lightly_tasks.demo_data import DemoManifest, build_demo_folder
+from lightly_tasks.corruptness import check_image
+from lightly_tasks.demo_data import DemoManifest, build_demo_folder, source_image
+from lightly_tasks.metadata import image_metadata
 from lightly_tasks.progress import Progress
 from lightly_tasks.storage import ByteCounter, Location, list_objects, location_from_uri
 
@@ -257,3 +261,36 @@ def test_progress_logs_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
     assert lines[1].startswith("decode: 2/4 objects (50%)") and ", done in " in lines[1]
     assert seconds >= 0
     assert Progress("x", 0).line().startswith("x: 0/0 objects (100%), 0.0 objects/s, ETA ?")
+
+
+def _big_jpeg(size: tuple[int, int], **params: Any) -> bytes:
+    out = io.BytesIO()
+    photo = source_image("chelsea").convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    photo.save(out, "JPEG", quality=90, **params)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", [(640, 480), (4000, 3000), (2400, 600)])
+def test_decode_object_decodes_large_jpegs_reduced_but_reports_their_full_size(size: tuple[int, int]) -> None:
+    data = _big_jpeg(size)
+    decoded = decoding.decode_object(data, image_size=224)
+    assert decoded.verdict == "ok" and decoded.thumbnail is not None
+    assert (decoded.metadata["width"], decoded.metadata["height"]) == size
+    full = check_image(data)
+    assert full.image is not None
+    expected = image_metadata(np.asarray(full.image), size_in_bytes=len(data))
+    assert decoded.metadata["luminance"] == pytest.approx(expected["luminance"], abs=0.002)
+    assert decoded.metadata["sharpness"] == pytest.approx(expected["sharpness"], rel=0.02)
+    assert decoded.thumbnail.shape == (224, 224, 3)
+    whole = np.asarray(
+        full.image.resize((224, 224), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=float
+    )
+    assert np.abs(decoded.thumbnail.astype(float) - whole).mean() < 3
+
+
+def test_decode_object_flags_truncated_large_jpegs() -> None:
+    data = _big_jpeg((4000, 3000), progressive=True)
+    for cut in (len(data) // 3, len(data) - 2):
+        decoded = decoding.decode_object(data[:cut], image_size=224)
+        assert decoded.verdict == "corrupt" and decoded.reason is not None
+        assert decoded.reason.startswith("truncated"), decoded.reason

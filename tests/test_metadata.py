@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lightly_tasks import demo_data
 from lightly_tasks.corruptness import check_image
-from lightly_tasks.metadata import METADATA_KEYS, image_metadata
+from lightly_tasks.metadata import (
+    METADATA_KEYS,
+    image_metadata,
+    reduced_decode_size,
+    work_size,
+    working_copy,
+    working_copy_metadata,
+)
 
 
 def _constant(value: tuple[int, int, int], height: int = 40, width: int = 60) -> np.ndarray:
@@ -116,3 +126,84 @@ def test_real_photo_is_json_serialisable() -> None:
 def test_rejects_other_arrays(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         image_metadata(bad, size_in_bytes=1)
+
+
+def _photo(width: int, height: int) -> np.ndarray:
+    image = demo_data.source_image("chelsea").convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize(("width", "height"), [(60, 40), (512, 300), (640, 480), (1001, 767), (1500, 999)])
+def test_working_copy_metadata_equals_image_metadata(width: int, height: int) -> None:
+    rgb = _photo(width, height)
+    work = working_copy(Image.fromarray(rgb))
+    assert work.size == work_size(width, height)
+    got = working_copy_metadata(work, width=width, height=height, size_in_bytes=3)
+    assert got == image_metadata(rgb, size_in_bytes=3)
+
+
+def test_working_copy_metadata_rejects_a_wrong_size() -> None:
+    with pytest.raises(ValueError, match="working copy"):
+        working_copy_metadata(Image.new("RGB", (400, 300)), width=1000, height=750, size_in_bytes=1)
+
+
+@pytest.mark.parametrize(
+    ("size", "min_side", "expected"),
+    [
+        ((640, 480), 224, (320, 240)),  # factor 2, 1/2 still >= 224
+        ((640, 427), 224, (640, 427)),  # 1/2 would be 214 px high: decoded whole
+        ((4000, 3000), 224, (500, 375)),  # factor 8
+        ((4000, 3000), 400, (1000, 750)),  # 1/8 too small for a 400 px thumbnail
+        ((1500, 1000), 32, (1500, 1000)),  # factor 3: no DCT scale divides it
+        ((3000, 2000), 32, (1500, 1000)),  # factor 6: 1/2, then reduce(3)
+        ((300, 200), 32, (300, 200)),  # factor 1
+    ],
+)
+def test_reduced_decode_size(size: tuple[int, int], min_side: int, expected: tuple[int, int]) -> None:
+    assert reduced_decode_size(*size, min_side=min_side) == expected
+
+
+@pytest.mark.parametrize(("width", "height"), [(1024, 768), (2048, 1536), (1999, 1201), (3000, 2000)])
+def test_reduced_jpeg_decode_metadata_stays_close(width: int, height: int) -> None:
+    out = io.BytesIO()
+    Image.fromarray(_photo(width, height)).save(out, "JPEG", quality=90)
+    data = out.getvalue()
+    full = check_image(data)
+    reduced = check_image(data, draft_size=lambda w, h: reduced_decode_size(w, h, min_side=224))
+    assert full.image is not None and reduced.image is not None and reduced.full_size == (width, height)
+    assert reduced.image.size != full.image.size
+    expected = image_metadata(np.asarray(full.image), size_in_bytes=len(data))
+    got = working_copy_metadata(
+        working_copy(reduced.image, full_size=reduced.full_size),
+        width=width,
+        height=height,
+        size_in_bytes=len(data),
+    )
+    assert tuple(got) == METADATA_KEYS
+    for key in ("sizeInBytes", "width", "height", "uniformRowRatio"):
+        assert got[key] == expected[key], key
+    for key in ("meanRed", "meanGreen", "meanBlue", "stdRed", "stdGreen", "stdBlue", "luminance", "contrast"):
+        assert got[key] == pytest.approx(expected[key], abs=0.002), key
+    for key in ("sharpness", "snr"):
+        assert got[key] == pytest.approx(expected[key], rel=0.02), key
+
+
+def test_working_copy_of_other_reduced_images_is_box_resampled() -> None:
+    image = Image.fromarray(_photo(700, 500))
+    work = working_copy(image, full_size=(1500, 1000))
+    assert work.size == work_size(1500, 1000) == (500, 334)
+    with pytest.raises(ValueError, match="smaller than the working size"):
+        working_copy(Image.new("RGB", (100, 80)), full_size=(1500, 1000))
+
+
+def test_metadata_is_thread_safe() -> None:
+    rng = np.random.default_rng(3)
+    arrays = [
+        rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        for h, w in [(40, 60), (512, 512), (3, 700), (480, 640), (1, 5), (300, 1200), (97, 53)]
+    ]
+    expected = [image_metadata(a, size_in_bytes=i) for i, a in enumerate(arrays)]
+    jobs = list(enumerate(arrays)) * 6
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda job: image_metadata(job[1], size_in_bytes=job[0]), jobs))
+    assert got == expected * 6
