@@ -4,8 +4,8 @@ Gonzalez's traversal: repeatedly pick the candidate farthest (Euclidean) from it
 samples already in the dataset are the initial centres, so a run picks what the dataset lacks. Without them
 the first pick is candidate 0 (as in Lightly's selection engine); ties go to the lowest candidate index.
 
-The picks are those of a brute-force traversal, but a step computes exact distances only to the candidates
-the new centre ``c`` may win, found with two lower bounds on ``d(x, c)``:
+The picks are those of a brute-force traversal (up to float32 ties), but a step computes exact distances
+only to the candidates the new centre ``c`` may win, found with two lower bounds on ``d(x, c)``:
 
 - clusters: every candidate belongs to the cluster of its nearest centre ``a``, and each cluster keeps its
   radius (largest member distance). By the triangle inequality ``c`` can only win members of clusters with
@@ -30,13 +30,15 @@ _SLACK = 1e-4
 _DENSE_FRACTION = 0.3
 # Compute exact distances by one pass over the whole array, not gathered rows, when more contend.
 _STREAM_FRACTION = 0.2
+# Sketch rows scanned at once when every candidate's bound is needed.
+_SCAN_ROWS = 1 << 16
 # Bytes of candidate rows gathered or transformed at once (also capped by chunk_size rows).
-_BLOCK_BYTES = 4 << 20
+_BLOCK_BYTES = 2 << 20
 # Floats per candidate sketch (principal coordinates + residual norm), the dimension from which to keep
 # them, and the rows sampled (evenly strided) to find the principal axes.
 _SKETCH_DIMS = 8
 _SKETCH_MIN_D = 24
-_SKETCH_SAMPLE = 16384
+_SKETCH_SAMPLE = 8192
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def kcenter_greedy(
     ``stopped_by`` is the condition that ended the run, or "exhausted" when every candidate was picked
     before one was met (an n_samples above N selects all N; no candidates select none). ``chunk_size``
     caps the rows handled at once. Float32 C-contiguous inputs are not copied; extra memory is about 60
-    bytes per candidate plus blocks of at most 4 MiB.
+    bytes per candidate plus blocks of at most 2 MiB.
     """
     limits = _count_limits(stop, len(candidates))
     if chunk_size < 1:
@@ -163,15 +165,21 @@ class _Sketches:
     """
 
     def __init__(self, x: np.ndarray, block_rows: int) -> None:
-        sample = x[:: max(1, len(x) // _SKETCH_SAMPLE)].astype(np.float64)
-        mean = sample.mean(axis=0)
-        sample -= mean
-        axes = np.linalg.eigh(sample.T @ sample)[1][:, ::-1][:, : _SKETCH_DIMS - 1]
-        axes = np.ascontiguousarray(axes.T, dtype=np.float32)
-        mean = mean.astype(np.float32)
+        sample = x[:: max(1, len(x) // _SKETCH_SAMPLE)]
+        mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+        centred = sample - mean
+        # Any orthonormal axes give a valid bound; the principal ones of a sample give a tight one, found
+        # by a few subspace iterations (a full eigendecomposition is slow for large D).
+        cov = (centred.T @ centred).astype(np.float64)
+        basis = np.random.default_rng(0).standard_normal((cov.shape[0], 2 * _SKETCH_DIMS))
+        for _ in range(4):
+            basis = np.linalg.qr(cov @ basis)[0]
+        top = np.linalg.eigh(basis.T @ cov @ basis)[1][:, ::-1][:, : _SKETCH_DIMS - 1]
+        axes = np.ascontiguousarray((basis @ top).T, dtype=np.float32)
         # Stored shrunk by sqrt(1 - slack), so sketch distances come out already lowered by the margin.
         shrink = math.sqrt(1 - _SLACK)
         self.rows = np.empty((len(x), _SKETCH_DIMS), np.float32)
+        self.itype = np.int32 if len(x) < 2**31 else np.int64
         scale = 0.0
         for s in range(0, len(x), block_rows):
             y = x[s : s + block_rows] - mean
@@ -186,9 +194,13 @@ class _Sketches:
         """Those of ``sub`` (all candidates if None) whose bound to ``pick`` is below their ``mind2``."""
         c = self.rows[pick]
         if sub is None:
-            lb2 = _sq_dists(c, self.rows, np.empty(len(self.rows), np.float32))
-            lb2 -= self.err
-            return np.flatnonzero(lb2 < mind2)
+            lb2 = np.empty(min(len(self.rows), _SCAN_ROWS), np.float32)
+            found = []
+            for s in range(0, len(self.rows), _SCAN_ROWS):
+                part = _sq_dists(c, self.rows[s : s + _SCAN_ROWS], lb2[: min(_SCAN_ROWS, len(self.rows) - s)])
+                part -= self.err
+                found.append((np.flatnonzero(part < mind2[s : s + len(part)]) + s).astype(self.itype))
+            return np.concatenate(found)
         lb2 = np.empty(len(sub), np.float32)
         _sq_dists(c, np.take(self.rows, sub, axis=0), lb2)
         lb2 -= self.err
@@ -222,7 +234,7 @@ class _Clusters:
         self.members: list[np.ndarray] = []
         self.size = 0
         self.block = np.empty((max(1, min(chunk_size, n, _BLOCK_BYTES // (4 * d))), d), np.float32)
-        self.sketches = _Sketches(x, len(self.block)) if d >= _SKETCH_MIN_D and n else None
+        self.sketches = _Sketches(x, max(1, len(self.block) // 4)) if d >= _SKETCH_MIN_D and n else None
 
     def seed(self, centres: np.ndarray) -> None:
         """Assign every candidate to its nearest initial centre among ``centres`` (M, D).
@@ -277,8 +289,10 @@ class _Clusters:
             _sq_dists(c, self.x, self.mind2)
             self.mind2[pick] = 0
             self.owner[pick] = -1
-            rest = np.arange(len(self.x), dtype=self.itype)
-            self._append(c, rest[rest != pick])
+            n = len(self.x)
+            self._append(
+                c, np.r_[np.arange(pick, dtype=self.itype), np.arange(pick + 1, n, dtype=self.itype)]
+            )
             return
         self.mind2[pick] = 0
         self.owner[pick] = -1
@@ -286,12 +300,15 @@ class _Clusters:
         self.dirty[home] = True
         sub = self._contenders(pick)
         if len(sub) > _STREAM_FRACTION * len(self.x):
-            d2 = _sq_dists(c, self.x, np.empty(len(self.x), np.float32))[sub]
+            del sub  # exact distances to every candidate instead: the contender list is not needed
+            d2 = _sq_dists(c, self.x, np.empty(len(self.x), np.float32))
+            moved = np.flatnonzero(d2 < self.mind2).astype(self.itype)
+            d2 = d2[moved]
         else:
             d2 = _sq_dists_at(c, self.x, sub, self.block)
-        better = d2 < self.mind2[sub]
-        moved = sub[better].astype(self.itype)
-        self.mind2[moved] = d2[better]
+            better = d2 < self.mind2[sub]
+            moved, d2 = sub[better].astype(self.itype), d2[better]
+        self.mind2[moved] = d2
         losers = self.owner[moved]
         self.stale[: self.size] += np.bincount(losers, minlength=self.size)
         self.dirty[losers] = True
