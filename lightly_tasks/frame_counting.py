@@ -1,0 +1,143 @@
+"""Frames, fps, duration, codec and size of each video from its container header, with few bytes read.
+
+Per video, in order of cost:
+
+1. ``mp4 header``: an ISO BMFF file (MP4, MOV, M4V) is counted from its ``moov`` box by
+   :mod:`lightly_tasks.mp4_header`: a few box headers plus the ``moov`` body.
+2. ``container header``: any other container (AVI, MKV, WebM, fragmented MP4) is opened with PyAV through a
+   small I/O buffer; AVI and many others carry the frame count in their header.
+3. ``demux``: where the header has no count (Matroska/WebM usually), the video stream's packets are counted
+   by demuxing, without decoding. This reads the whole object; the table records that it did.
+
+A video whose header is unreadable gets ``header_error`` (a verdict reason the corruptness stage reuses
+without reading the object again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from lightly_tasks.decoding import ordered_map
+from lightly_tasks.mp4_header import FragmentedMp4Error, Mp4HeaderError, NotMp4Error, read_mp4_header
+from lightly_tasks.progress import Progress
+from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
+from lightly_tasks.storage import ByteCounter, Location, ObjectReadError
+from lightly_tasks.video import VideoOpenError, count_packets, probe
+
+log = logging.getLogger(__name__)
+
+HEADER_READ_BYTES = 8 * 2**10
+"""PyAV's I/O buffer for header probes (reads are exact: the file has no read-ahead cache)."""
+DEMUX_BLOCK_BYTES = 4 * 2**20
+"""Ranged-read size when a video must be demuxed to count its packets."""
+COUNT_COLUMNS = [
+    "container",
+    "codec",
+    "width",
+    "height",
+    "fps",
+    "duration",
+    "frames",
+    "count_method",
+    "header_bytes",
+    "header_error",
+    "count_seconds",
+]
+
+
+def count_frames(
+    location: Location, key: str, *, size: int | None, counter: ByteCounter, timeout: float | None = None
+) -> dict[str, Any]:
+    """One video's header facts (the :data:`COUNT_COLUMNS`), never raising for a bad or missing object."""
+    started = time.monotonic()
+    own = ByteCounter()
+    deadline = Deadline(timeout)
+    row: dict[str, Any] = dict.fromkeys(COUNT_COLUMNS)
+    try:
+        row.update(_header(location, key, size=size, counter=own, deadline=deadline))
+    except (VideoOpenError, Mp4HeaderError) as exc:
+        row["header_error"] = str(exc)
+    except DeadlineExceeded as exc:
+        row["header_error"] = f"timeout: reading the header: {exc}"
+    except FileNotFoundError:
+        row["header_error"] = "missing: the object disappeared after listing"
+    except (ObjectReadError, OSError) as exc:
+        row["header_error"] = f"read error: {type(exc).__name__}: {exc}"
+    counter.add(own.total)
+    row["header_bytes"] = own.total
+    row["count_seconds"] = round(time.monotonic() - started, 4)
+    return row
+
+
+def _header(
+    location: Location, key: str, *, size: int | None, counter: ByteCounter, deadline: Deadline
+) -> dict[str, Any]:
+    if size == 0:
+        raise VideoOpenError("unreadable container: empty file")
+    opened = {"size": size, "counter": counter, "deadline": deadline}
+    with open_counted(location, key, block_size=HEADER_READ_BYTES, cache_type="none", **opened) as f:
+        file_size = size if size is not None else f.seek(0, 2)
+        try:
+            track = read_mp4_header(f, file_size)
+        except (NotMp4Error, FragmentedMp4Error):
+            f.seek(0)
+            info = probe(f, buffer_size=HEADER_READ_BYTES)
+        else:
+            return {
+                "container": "mp4",
+                "codec": track.codec,
+                "width": track.width,
+                "height": track.height,
+                "fps": track.fps,
+                "duration": track.duration,
+                "frames": track.frames,
+                "count_method": "mp4 header",
+            }
+    row = {
+        "container": info.container,
+        "codec": info.codec,
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "duration": info.duration,
+        "frames": info.frames,
+        "count_method": "container header",
+    }
+    if not info.frames:
+        with open_counted(location, key, block_size=DEMUX_BLOCK_BYTES, **opened) as f:
+            row["frames"] = count_packets(f, deadline=deadline)
+        row["count_method"] = "demux"
+    return row
+
+
+def count_videos(
+    location: Location,
+    videos: pd.DataFrame,
+    counter: ByteCounter,
+    *,
+    timeout: float | None = None,
+    workers: int = 8,
+) -> pd.DataFrame:
+    """Count the frames of ``videos`` (key, size, ...) on a thread pool; add the :data:`COUNT_COLUMNS`."""
+    keys = videos["key"].tolist()
+    sizes = videos["size"].astype("int64").tolist() if "size" in videos else [None] * len(keys)
+
+    def work(item: tuple[str, int | None]) -> dict[str, Any]:
+        key, size = item
+        return count_frames(location, key, size=size, counter=counter, timeout=timeout)
+
+    progress = Progress("count frames", len(keys), unit="videos", logger=log)
+    rows = []
+    for row in ordered_map(work, list(zip(keys, sizes, strict=True)), workers=workers, window=4 * workers):
+        rows.append(row)
+        progress.update()
+    progress.finish()
+    counted = pd.DataFrame(rows, columns=COUNT_COLUMNS, index=videos.index)
+    counted = counted.astype(
+        {"frames": "Int64", "width": "Int64", "height": "Int64", "header_bytes": "int64"}
+    )
+    return pd.concat([videos, counted], axis=1)
