@@ -60,10 +60,13 @@ def lightly_curation() -> None:
     def corruptness(listed: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
         return pipeline.corruptness_stage(run_context(params, run_id), listed["shard"])
 
-    @task(task_id="training", queue=GPU_QUEUE)
-    def training(params: dict[str, Any] | None = None) -> None:
+    @task(task_id="training", trigger_rule="none_failed", queue=GPU_QUEUE)
+    def training(
+        decoded: list[dict], params: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> dict:
         if not params["enable_training"]:
             raise AirflowSkipException("enable_training is false")
+        return pipeline.training_stage(run_context(params, run_id), [m["shard"] for m in decoded])
 
     @task(trigger_rule="none_failed", queue=GPU_QUEUE)
     def embedding(decoded: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
@@ -88,6 +91,7 @@ def lightly_curation() -> None:
         embedded: list[dict],
         selected: dict,
         meta: dict,
+        trained: dict | None,
         params: dict[str, Any] | None = None,
         run_id: str | None = None,
     ) -> dict:
@@ -98,18 +102,19 @@ def lightly_curation() -> None:
             embedded=list(embedded),
             selection=selected,
             metadata=meta,
+            training=trained,
         )
 
     listing = list_objects()
     counted = frame_counting()
     decoded = corruptness.expand(listed=listing)
-    trained = training()
+    trained = training(decoded)
     embedded = embedding.expand(decoded=decoded)
     pretagged = pretagging()
     selected = selection(embedded)
     meta = metadata(selected)
     listing >> counted >> decoded >> trained >> embedded >> pretagged >> selected
-    upload(listing, decoded, embedded, selected, meta)
+    upload(listing, decoded, embedded, selected, meta, trained)
 
 
 lightly_curation()

@@ -35,6 +35,7 @@ EMBEDDING_MODELS = (
     "convnext_tiny",
 )
 VIDEO_BACKENDS = ("pyav", "decord")
+TRAINING_METHODS = ("simclr", "byol")
 DUMP_FORMATS = ("png", "jpeg")
 SUPPORTED_SCHEMES = ("file", "s3")
 DEFAULT_CONN_IDS = {"s3": "aws_default"}
@@ -194,6 +195,55 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """Self-supervised training of the embedding model on the run's decoded images (enable_training)."""
+
+    method: str = field(
+        default="simclr",
+        metadata=_opt(
+            "Method",
+            "simclr: contrastive (NT-Xent) between two random views of each image; byol: predicts a momentum "
+            "encoder's view, needs no negatives.",
+            enum=TRAINING_METHODS,
+        ),
+    )
+    epochs: int = field(
+        default=10,
+        metadata=_opt(
+            "Epochs",
+            "Passes over the run's non-corrupt images. Each pass reads the decoded cache in the artifacts "
+            "location, never the datasource. A retried task resumes after the last finished epoch.",
+            minimum=1,
+            maximum=1000,
+        ),
+    )
+    batch_size: int = field(
+        default=64,
+        metadata=_opt("Batch size", "Images per training step (two views each).", minimum=2, maximum=4096),
+    )
+    lr: float = field(
+        default=1e-3,
+        metadata=_opt(
+            "Learning rate",
+            "Peak AdamW learning rate: linear warm-up over the first 10 % of the steps, then cosine decay.",
+            exclusive_minimum=0.0,
+            maximum=1.0,
+        ),
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata=_opt(
+            "Training image size",
+            "Side in pixels of the random crops trained on; they are cut from the cached images, so at most "
+            "embedding.image_size. Empty: embedding.image_size. Smaller trains faster (time grows with its "
+            "square) but the embedding then sees another scale.",
+            minimum=16,
+            maximum=1024,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class DumpConfig:
     """Where the selected originals are copied, if anywhere."""
 
@@ -307,8 +357,15 @@ class RunConfig:
     enable_training: bool = field(
         default=False,
         metadata=_opt(
-            "Self-supervised training", "Train the embedding model on this run's data first (not available yet)."
+            "Self-supervised training",
+            "Train the embedding model on this run's non-corrupt images first (see training; from "
+            "embedding.checkpoint if set, else from random weights); embedding then uses the trained weights, "
+            "saved as <run>/training/backbone.pt for embedding.checkpoint in later runs.",
         ),
+    )
+    training: TrainingConfig = field(
+        default_factory=TrainingConfig,
+        metadata=_opt("Training", "method, epochs, batch_size, lr, image_size; used when enable_training."),
     )
     embedding: EmbeddingConfig = field(
         default_factory=EmbeddingConfig,
@@ -489,8 +546,11 @@ def parse_config(conf: Mapping[str, Any]) -> RunConfig:
                 f"stopping_condition.n_samples: counts frames and must be a multiple of selected_sequence_length="
                 f"{cfg.selected_sequence_length}; got {stop.n_samples}"
             )
-    if cfg.enable_training:
-        raise ConfigError("enable_training: self-supervised training is not available yet; set it to false")
+    if cfg.training.image_size is not None and cfg.training.image_size > cfg.embedding.image_size:
+        raise ConfigError(
+            f"training.image_size: training crops are cut from the cache at embedding.image_size="
+            f"{cfg.embedding.image_size}, so it must be at most that; got {cfg.training.image_size}"
+        )
     return _resolve_defaults(cfg)
 
 

@@ -58,7 +58,10 @@ def build_model(name: str, checkpoint: bytes | None = None) -> nn.Module:
         model = torchvision.models.get_model(name, weights=None)
     model = _strip_head(model)
     if checkpoint is not None:
-        state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint is not a loadable torch state_dict: {exc}") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
@@ -77,6 +80,16 @@ def build_model(name: str, checkpoint: bytes | None = None) -> nn.Module:
             raise CheckpointError(
                 f"checkpoint does not fit {name}: {len(missing)} missing keys (e.g. {missing[:3]}), "
                 f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+            )
+        mismatched = [
+            f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}"
+            for k, v in cleaned.items()
+            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if mismatched:
+            raise CheckpointError(
+                f"checkpoint does not fit {name}: {len(mismatched)} tensors of another shape "
+                f"(e.g. {mismatched[:3]})"
             )
         model.load_state_dict({k: v for k, v in cleaned.items() if k in own})
     return model.eval()

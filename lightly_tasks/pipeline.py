@@ -18,17 +18,16 @@ import numpy as np
 import pandas as pd
 
 from lightly_tasks import artifacts
-from lightly_tasks.config import RunConfig
-from lightly_tasks.decoding import decode_shard, iter_cache
-from lightly_tasks.embedding import build_model, embed
+from lightly_tasks.config import RunConfig, redact_uri
+from lightly_tasks.decoding import cache_parts, decode_shard, iter_cache
 from lightly_tasks.report import build_report, dump_selected, embeddings_csv, write_filenames
-from lightly_tasks.selection import StoppingCondition, kcenter_greedy
-from lightly_tasks.storage import ByteCounter, Location, list_objects, location_from_uri
+from lightly_tasks.storage import IMAGE_EXTENSIONS, ByteCounter, Location, list_objects, location_from_uri
 from lightly_tasks.store import DatasetStore, RunCommit
 
 log = logging.getLogger(__name__)
 
 OBJECTS_PER_AUTO_SHARD = 2000
+VIDEOS_PER_AUTO_SHARD = 50
 MAX_AUTO_SHARDS = 64
 Manifest = dict[str, Any]
 
@@ -69,21 +68,32 @@ class RunContext:
 def _shard_count(config: RunConfig, n_objects: int) -> int:
     if config.num_shards:
         return max(1, min(config.num_shards, n_objects))
-    return max(1, min(MAX_AUTO_SHARDS, math.ceil(n_objects / OBJECTS_PER_AUTO_SHARD)))
+    per_shard = VIDEOS_PER_AUTO_SHARD if config.input_type == "videos" else OBJECTS_PER_AUTO_SHARD
+    return max(1, min(MAX_AUTO_SHARDS, math.ceil(n_objects / per_shard)))
+
+
+def _extensions(input_type: str) -> frozenset[str]:
+    if input_type == "videos":
+        from lightly_tasks.video import VIDEO_EXTENSIONS  # PyAV: imported here to keep DAG parsing fast
+
+        return VIDEO_EXTENSIONS
+    return IMAGE_EXTENSIONS
 
 
 def list_stage(ctx: RunContext) -> Manifest:
     """List the datasource, drop what the datapool has seen (same key and etag), split the rest into shards."""
     started = time.monotonic()
     cfg = ctx.config
-    listed = list_objects(ctx.datasource)
+    listed = list_objects(ctx.datasource, extensions=_extensions(cfg.input_type))
     store = ctx.store()
     try:
         seen = {} if cfg.datasource.process_all else store.seen_objects(cfg.dataset, ctx.datasource_id)
     finally:
         store.close()
-    is_new = [seen.get(k) != e for k, e in zip(listed["key"], listed["etag"], strict=True)]
-    todo = listed[is_new].reset_index(drop=True)
+    is_new = np.array(
+        [seen.get(k) != e for k, e in zip(listed["key"], listed["etag"], strict=True)], dtype=bool
+    )
+    todo = listed.loc[is_new].reset_index(drop=True)
     n_shards = _shard_count(cfg, len(todo))
     todo["shard"] = (np.arange(len(todo)) * n_shards // max(len(todo), 1)).astype("int64")
     uri = artifacts.write_table(ctx.run, "list/objects.parquet", todo)
@@ -120,6 +130,10 @@ def _shard_objects(ctx: RunContext, shard: int) -> pd.DataFrame:
 
 def corruptness_stage(ctx: RunContext, shard: int, *, workers: int = 4) -> Manifest:
     """The one decoding pass over a shard: verdicts, content hashes, metadata and the decoded cache."""
+    if ctx.config.input_type == "videos":
+        from lightly_tasks import video_stages
+
+        return video_stages.corruptness_stage(ctx, shard)
     started = time.monotonic()
     objects = _shard_objects(ctx, shard)
     cache = ctx.run.child("cache", f"shard-{shard:05d}")
@@ -132,6 +146,8 @@ def corruptness_stage(ctx: RunContext, shard: int, *, workers: int = 4) -> Manif
         image_size=ctx.config.embedding.image_size,
         counter=counter,
         workers=workers,
+        verify=ctx.config.enable_corruptness_check,
+        max_object_bytes=ctx.config.max_object_bytes,
     )
     uri = artifacts.write_table(ctx.run, f"corruptness/shard-{shard:05d}.parquet", table)
     n_corrupt = int((table["verdict"] != "ok").sum()) if len(table) else 0
@@ -153,13 +169,72 @@ def _read_uri_bytes(ctx: RunContext, uri: str) -> bytes:
         return f.read()
 
 
+def training_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
+    """Self-supervised training on the decoded cache of the run's non-corrupt samples (no datasource reads).
+
+    Starts from ``embedding.checkpoint`` if set. Writes ``training/checkpoint-last.pt`` after every epoch and
+    ``training/backbone.pt`` at the end; a retry resumes after the last finished epoch.
+    """
+    from lightly_tasks.training import TrainingSettings, train  # torch: imported here, as in embedding_stage
+
+    started = time.monotonic()
+    cfg = ctx.config
+    parts = []
+    for shard in shards:
+        table = artifacts.read_table(ctx.run, f"corruptness/shard-{shard:05d}.parquet")
+        parts.extend(cache_parts(ctx.run.child("cache", f"shard-{shard:05d}"), table))
+    settings = TrainingSettings(
+        model=cfg.embedding.model,
+        method=cfg.training.method,
+        epochs=cfg.training.epochs,
+        batch_size=cfg.training.batch_size,
+        lr=cfg.training.lr,
+        image_size=cfg.training.image_size or cfg.embedding.image_size,
+    )
+    init = _read_uri_bytes(ctx, cfg.embedding.checkpoint) if cfg.embedding.checkpoint else None
+    result = train(settings, parts, ctx.run.child("training"), init_checkpoint=init)
+    return {
+        "stage": "training",
+        "method": settings.method,
+        "model": settings.model,
+        "image_size": settings.image_size,
+        "epochs": len(result.loss_per_epoch),
+        "loss_per_epoch": result.loss_per_epoch,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "epochs_trained": result.epochs_trained,
+        "n_images": result.n_images,
+        "images_per_second": result.images_per_second,
+        "device": result.device,
+        "checkpoint_uri": result.checkpoint_uri,
+        "backbone_uri": result.backbone_uri,
+        "bytes_read": 0,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _embedding_weights(ctx: RunContext) -> tuple[str | None, bytes | None]:
+    """URI and bytes of the embedding model's weights: this run's trained backbone when enable_training,
+    else ``embedding.checkpoint``; (None, None) for the fixed-seed random initialisation."""
+    if ctx.config.enable_training:
+        from lightly_tasks.training import BACKBONE
+
+        trained = ctx.run.child("training")
+        with trained.fs.open(trained.path(BACKBONE), "rb") as f:
+            return trained.child_uri(BACKBONE), f.read()
+    if ctx.config.embedding.checkpoint:
+        return ctx.config.embedding.checkpoint, _read_uri_bytes(ctx, ctx.config.embedding.checkpoint)
+    return None, None
+
+
 def embedding_stage(ctx: RunContext, shard: int) -> Manifest:
     """Embed a shard's decoded cache; writes ``embedding/shard-N.parquet`` (key, embedding)."""
+    from lightly_tasks.embedding import build_model, embed  # torch: imported here to keep DAG parsing fast
+
     started = time.monotonic()
     cfg = ctx.config
     table = artifacts.read_table(ctx.run, f"corruptness/shard-{shard:05d}.parquet")
     ok = table[table["verdict"] == "ok"].sort_values(["cache_part", "cache_row"], kind="stable")
-    checkpoint = _read_uri_bytes(ctx, cfg.embedding.checkpoint) if cfg.embedding.checkpoint else None
+    checkpoint_uri, checkpoint = _embedding_weights(ctx)
     model = build_model(cfg.embedding.model, checkpoint)
     cache = ctx.run.child("cache", f"shard-{shard:05d}")
     vectors = embed(model, iter_cache(cache, ok), total=len(ok), batch_size=cfg.batch_size)
@@ -174,6 +249,7 @@ def embedding_stage(ctx: RunContext, shard: int) -> Manifest:
         "embeddings_uri": uri,
         "n_embedded": len(keys),
         "dim": int(vectors.shape[1]) if len(keys) else 0,
+        "checkpoint": redact_uri(checkpoint_uri) if checkpoint_uri else None,
         "images_per_second": round(len(keys) / seconds, 2) if seconds else None,
         "bytes_read": 0,
         "seconds": round(seconds, 3),
@@ -200,6 +276,8 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
     Writes ``selection/objects.parquet``: every processed object with its ``status`` (selected, not_selected,
     corrupt, duplicate, in_dataset), ``reason``, the ``distance`` that chose it and its pick ``order``.
     """
+    from lightly_tasks.selection import StoppingCondition, kcenter_greedy  # faiss: imported here, as torch
+
     started = time.monotonic()
     cfg = ctx.config
     table, keys, vectors = _all_shards(ctx, shards)
@@ -261,9 +339,17 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
     order = np.full(len(table), -1, dtype=np.int64)
     stopped_by = "exhausted"
     if candidate_keys:
-        picked = kcenter_greedy(
-            candidate_vectors, existing=existing_vectors if len(existing_vectors) else None, stop=stop
-        )
+        if cfg.selected_sequence_length > 1:
+            from lightly_tasks.sequences import select_sequences
+
+            picked = select_sequences(
+                table, candidate_keys, candidate_vectors, length=cfg.selected_sequence_length,
+                existing=existing_vectors if len(existing_vectors) else None, stop=stop,
+            )
+        else:
+            picked = kcenter_greedy(
+                candidate_vectors, existing=existing_vectors if len(existing_vectors) else None, stop=stop
+            )
         stopped_by = picked.stopped_by
         position = {k: i for i, k in enumerate(table["key"])}
         for rank, (index, dist) in enumerate(zip(picked.indices, picked.distances, strict=True)):
@@ -328,6 +414,7 @@ def upload_stage(
     embedded: Sequence[Manifest],
     selection: Manifest,
     metadata: Manifest,
+    training: Manifest | None = None,
 ) -> Manifest:
     """Dump, exports, the store transaction (samples, tag, run, datapool) and ``report.json``.
 
@@ -344,11 +431,20 @@ def upload_stage(
     selected_vectors = vectors[[row_of[k] for k in selected["key"]]] if len(selected) else np.zeros((0, 0))
     meta = artifacts.read_table(ctx.run, "metadata/metadata.parquet").set_index("key")
 
+    videos = None
+    if cfg.input_type == "videos":
+        from lightly_tasks import video_stages
+
+        videos = video_stages.video_verdicts(ctx, shards)
     counter = ByteCounter()
     outputs: dict[str, str] = {}
     if cfg.dump.output:
         output = ctx.resolve(cfg.dump.output)
-        dump_selected(ctx.datasource, output, selected["key"].tolist(), counter)
+        if videos is not None:
+            video_stages.dump(ctx, output, selected, videos, counter)
+        else:
+            sizes = selected["size"].tolist()
+            dump_selected(ctx.datasource, output, selected["key"].tolist(), counter, sizes)
         outputs["dump"] = output.uri
 
     run = ctx.run
@@ -365,6 +461,8 @@ def upload_stage(
     # Objects that vanished or could not be read are left out of the datapool so the next run retries them.
     unreadable = objects["reason"].fillna("").str.startswith(("missing:", "read error:"))
     processed = objects.loc[~unreadable, ["key", "etag"]]
+    if videos is not None:  # the datapool holds videos, the samples are frames
+        processed = video_stages.processed_videos(videos)
     samples = pd.DataFrame(
         {
             "key": selected["key"].tolist(),
@@ -389,10 +487,17 @@ def upload_stage(
     stages = {
         "list": _stage_figures([listing]),
         "corruptness": _stage_figures(decoded),
-        "embedding": _stage_figures(embedded),
+        **({"training": _stage_figures([training])} if training else {}),
+        "embedding": {
+            **_stage_figures(embedded),
+            "checkpoint": next((m.get("checkpoint") for m in embedded), None),
+        },
         "selection": _stage_figures([selection]),
         "metadata": _stage_figures([metadata]),
     }
+    if videos is not None:
+        counted = video_stages.frame_counting_figures(ctx)
+        stages = {"list": stages.pop("list"), "frame_counting": counted, **stages}
     upload_figures = {"bytesRead": counter.total, "seconds": 0.0, "tasks": 1}
     stages["upload"] = upload_figures
     bytes_read = sum(s["bytesRead"] for s in stages.values())
@@ -433,7 +538,17 @@ def upload_stage(
             "nCandidates": selection["n_candidates"],
             "distances": [None if not np.isfinite(d) else round(float(d), 6) for d in selected["distance"]],
         },
+        training=None if training is None else {
+            "method": training["method"],
+            "model": training["model"],
+            "epochs": training["epochs"],
+            "lossPerEpoch": training["loss_per_epoch"],
+            "imagesPerSecond": training["images_per_second"],
+            "backbone": training["backbone_uri"],
+        },
     )
+    if videos is not None:
+        report.update(video_stages.report_sections(ctx, selected, videos))
     report_uri = artifacts.write_json(run, "report.json", report)
     if not cfg.keep_cache:
         artifacts.remove(run, "cache")

@@ -68,10 +68,14 @@ def build_report(
     datasource_bytes: int,
     outputs: dict[str, str],
     selection: dict[str, Any],
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``report.json`` document: Lightly-style ``datasetSizes``, ``traffic`` and per-stage figures."""
+    """The ``report.json`` document: Lightly-style ``datasetSizes``, ``traffic`` and per-stage figures.
+
+    ``training`` ({method, epochs, lossPerEpoch, ...}) is included when the run trained its embedding model.
+    """
     bytes_read = sum(int(s.get("bytesRead", 0)) for s in stages.values())
-    return {
+    report = {
         "dataset": dataset,
         "runId": run_id,
         "datasetSizes": counts,
@@ -85,6 +89,9 @@ def build_report(
         "outputs": outputs,
         "config": config,
     }
+    if training is not None:
+        report["training"] = training
+    return report
 
 
 def latest_report(dataset: Location) -> tuple[str, dict[str, Any]]:

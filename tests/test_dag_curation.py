@@ -107,11 +107,10 @@ def test_first_run_succeeds_and_selects_n_samples(scenario):
 
 
 def test_every_broken_file_is_listed_with_its_reason(scenario):
-    run_dir = scenario["root"] / "artifacts" / "ds" / "runs"
     report = _report(scenario["root"], scenario["first"].run_id)
     corrupt_txt = Path(report["outputs"]["corrupt_filenames"].removeprefix("file://"))
     assert set(corrupt_txt.read_text().split("\n")) - {""} == set(scenario["demo"].broken)
-    reasons = pd.read_parquet(next(run_dir.glob("*/corruptness/corrupt.parquet")))
+    reasons = pd.read_parquet(report["outputs"]["corrupt_reasons"].removeprefix("file://"))
     for key, expected in scenario["demo"].broken.items():
         reason = reasons.loc[reasons["key"] == key, "reason"].item()
         assert reason.startswith(expected), (key, reason)

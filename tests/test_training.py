@@ -1,0 +1,139 @@
+"""Self-supervised training: batched views, shuffled batches, resumable checkpoints, the pipeline stage, and
+the measured claim that training beats the random initialisation on real labeled images (digits)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightly_tasks import artifacts, pipeline
+from lightly_tasks.augment import random_views
+from lightly_tasks.config import parse_config
+from lightly_tasks.decoding import CachePart
+from lightly_tasks.digits import load_digits, write_digits_folder
+from lightly_tasks.embedding import build_model, embed
+from lightly_tasks.knn import knn_accuracy
+from lightly_tasks.storage import location_from_uri
+from lightly_tasks.training import BACKBONE, CHECKPOINT, TrainingSettings, shuffled_batches, train
+
+
+def _parts(images: np.ndarray, size: int = 16) -> list[CachePart]:
+    return [CachePart(len(images[i:i + size]), lambda i=i: images[i:i + size])
+            for i in range(0, len(images), size)]
+
+
+def test_random_views_are_per_sample_seeded_and_normalised() -> None:
+    images = torch.from_numpy(load_digits(32, n=8)[0])
+    a = random_views(images, 24, torch.Generator().manual_seed(1))
+    b = random_views(images, 24, torch.Generator().manual_seed(1))
+    c = random_views(images, 24, torch.Generator().manual_seed(2))
+    assert a.shape == (8, 3, 24, 24) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert not torch.allclose(a[0], a[1])
+    assert -2.2 < float(a.min()) and float(a.max()) < 2.7  # ImageNet-normalised [0, 1] pixels
+
+
+def test_shuffled_batches_cover_distinct_images_in_random_order() -> None:
+    ids = np.arange(100, dtype=np.uint8)
+    images = np.broadcast_to(ids[:, None, None, None], (100, 2, 2, 3)).copy()
+    def epoch() -> list[np.ndarray]:
+        return list(shuffled_batches(_parts(images, 7), 16, np.random.default_rng(0)))
+
+    batches = epoch()
+    assert [len(b) for b in batches] == [16] * 6  # 100 // 16 full batches; the partial one is dropped
+    seen = np.concatenate([b[:, 0, 0, 0] for b in batches])
+    assert len(set(seen.tolist())) == 96
+    assert not np.array_equal(seen, np.sort(seen))
+    assert np.array_equal(seen, np.concatenate([b[:, 0, 0, 0] for b in epoch()]))  # same seed, same order
+    small = list(shuffled_batches(_parts(images[:5]), 16, np.random.default_rng(0)))
+    assert [len(b) for b in small] == [5]
+
+
+def test_training_resumes_after_a_worker_dies_mid_epoch(tmp_path: Path) -> None:
+    images = load_digits(32, n=48)[0]
+    settings = TrainingSettings(epochs=2, batch_size=16, image_size=32)
+    out = location_from_uri(tmp_path.as_uri())
+    loads = 0
+
+    def part(i: int) -> np.ndarray:
+        nonlocal loads
+        loads += 1
+        if loads > 12 + 8:  # 12 parts of 4; epoch 2 dies loading its second pool, after 2 of its 3 steps
+            raise MemoryError("worker killed")
+        return images[i:i + 4]
+
+    dying = [CachePart(4, lambda i=i: part(i)) for i in range(0, 48, 4)]
+    with pytest.raises(MemoryError):
+        train(settings, dying, out, device=torch.device("cpu"))
+    first = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert len(first["loss_per_epoch"]) == 1 and "optimizer" in first and not (tmp_path / BACKBONE).exists()
+
+    retried = train(settings, _parts(images, 48), out, device=torch.device("cpu"))
+    assert retried.resumed_from_epoch == 1 and retried.epochs_trained == 1
+    assert retried.loss_per_epoch[0] == first["loss_per_epoch"][0]
+    assert len(retried.loss_per_epoch) == 2
+    assert (tmp_path / BACKBONE).exists()
+
+
+def _context(root: Path, images_dir: Path, **conf: object) -> pipeline.RunContext:
+    config = parse_config({
+        "datasource": {"uri": images_dir.as_uri()},
+        "dataset": "digits",
+        "artifacts_root": (root / "artifacts").as_uri(),
+        "store_url": f"sqlite:///{root / 'store.db'}",
+        "embedding": {"image_size": 32},
+        "num_shards": 2,
+        **conf,
+    })
+    return pipeline.RunContext(
+        config=config,
+        run_id="run-1",
+        datasource=location_from_uri(config.datasource.uri),
+        artifacts=location_from_uri(config.artifacts_root),
+    )
+
+
+def test_training_stage_trains_on_the_cache_resumes_and_feeds_embedding(tmp_path: Path) -> None:
+    images_dir = tmp_path / "images"
+    write_digits_folder(images_dir, load_digits(32, n=40)[0])
+    (images_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    training = {"epochs": 1, "batch_size": 16, "image_size": 24}
+    ctx = _context(tmp_path, images_dir, enable_training=True, training=training)
+    listing = pipeline.list_stage(ctx)
+    decoded = [pipeline.corruptness_stage(ctx, m["shard"]) for m in pipeline.per_shard(listing)]
+    assert sum(m["n_ok"] for m in decoded) == 40 and sum(m["n_corrupt"] for m in decoded) == 1
+    images_dir.rename(tmp_path / "gone")  # training must not touch the datasource again
+
+    first = pipeline.training_stage(ctx, listing["shards"])
+    assert first["bytes_read"] == 0
+    assert (first["n_images"], first["epochs"], first["resumed_from_epoch"]) == (40, 1, 0)
+    assert first["backbone_uri"].endswith("/runs/run-1/training/backbone.pt")
+
+    more = _context(tmp_path, images_dir, enable_training=True, training={**training, "epochs": 3})
+    resumed = pipeline.training_stage(more, listing["shards"])
+    assert (resumed["resumed_from_epoch"], resumed["epochs_trained"], resumed["epochs"]) == (1, 2, 3)
+    assert resumed["loss_per_epoch"][0] == first["loss_per_epoch"][0]
+
+    embedded = pipeline.embedding_stage(more, 0)
+    assert embedded["checkpoint"] == resumed["backbone_uri"] and embedded["bytes_read"] == 0
+    trained = _embeddings(more)
+
+    # a later run names the trained backbone as embedding.checkpoint: build_model loads it, same vectors
+    backbone = Path(resumed["backbone_uri"].removeprefix("file://"))
+    later = _context(tmp_path, images_dir, embedding={"image_size": 32, "checkpoint": backbone.as_uri()})
+    assert pipeline.embedding_stage(later, 0)["checkpoint"] == backbone.as_uri()
+    np.testing.assert_allclose(_embeddings(later), trained, atol=1e-5)
+
+    plain = _context(tmp_path, images_dir)
+    assert pipeline.embedding_stage(plain, 0)["checkpoint"] is None
+    random_init = _embeddings(plain)
+    assert random_init.shape == trained.shape and not np.allclose(random_init, trained, atol=1e-3)
+
+
+def _embeddings(ctx: pipeline.RunContext) -> np.ndarray:
+    return artifacts.read_embeddings(ctx.run, "embedding/shard-00000.parquet")[1]
