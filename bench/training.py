@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lightly_tasks.decoding import CachePart  # noqa: E402
-from lightly_tasks.digits import N_DIGITS, load_digits  # noqa: E402
-from lightly_tasks.embedding import build_model, default_device, embed  # noqa: E402
-from lightly_tasks.knn import knn_accuracy  # noqa: E402
-from lightly_tasks.storage import location_from_uri  # noqa: E402
-from lightly_tasks.training import BACKBONE, METHODS, TrainingSettings, train  # noqa: E402
+from lightly_tasks.decoding import CachePart
+from lightly_tasks.digits import N_DIGITS, load_digits
+from lightly_tasks.embedding import build_model, default_device, embed
+from lightly_tasks.knn import knn_accuracy
+from lightly_tasks.storage import location_from_uri
+from lightly_tasks.training import BACKBONE, METHODS, TrainingSettings, train
 
 
 def _accuracies(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -13,11 +13,10 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
-
 from lightly_airflow.context import run_context
+
 from lightly_tasks import pipeline
 from lightly_tasks.config import param_schemas
-
 
 # Celery queue of the torch stages; docker-compose sets it to "gpu" when a GPU worker runs.
 GPU_QUEUE = os.environ.get("LIGHTLY_GPU_QUEUE", "default")
@@ -77,7 +76,9 @@ def lightly_curation() -> None:
         raise AirflowSkipException("pretagging is not configured")
 
     @task(trigger_rule="none_failed")
-    def selection(embedded: list[dict], params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+    def selection(
+        embedded: list[dict], params: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> dict:
         return pipeline.selection_stage(run_context(params, run_id), [m["shard"] for m in embedded])
 
     @task(trigger_rule="none_failed")

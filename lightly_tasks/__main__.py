@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lightly_tasks.report import latest_report, format_summary
+from lightly_tasks.report import format_summary, latest_report
 from lightly_tasks.storage import location_from_uri
 
 

@@ -457,9 +457,24 @@ def _redact_tree(value: Any) -> Any:
 
 _DATABASE_DIALECTS = frozenset({"postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"})
 _SECRET_QUERY_KEYS = frozenset(
-    {"password", "passwd", "pwd", "secret", "token", "sig", "signature", "x-amz-signature",
-     "x-amz-security-token", "x-amz-credential", "access_key", "secret_key", "aws_secret_access_key",
-     "account_key", "sas_token", "key"}
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "sig",
+        "signature",
+        "x-amz-signature",
+        "x-amz-security-token",
+        "x-amz-credential",
+        "access_key",
+        "secret_key",
+        "aws_secret_access_key",
+        "account_key",
+        "sas_token",
+        "key",
+    }
 )
 
 
@@ -506,11 +521,15 @@ def lightly_home() -> Path:
 
 
 def _resolve_defaults(cfg: RunConfig) -> RunConfig:
-    artifacts_root = cfg.artifacts_root or os.environ.get("LIGHTLY_ARTIFACTS_ROOT") or (
-        (lightly_home() / "artifacts").resolve().as_uri()
+    artifacts_root = (
+        cfg.artifacts_root
+        or os.environ.get("LIGHTLY_ARTIFACTS_ROOT")
+        or ((lightly_home() / "artifacts").resolve().as_uri())
     )
-    store_url = cfg.store_url or os.environ.get("LIGHTLY_STORE_URL") or (
-        f"sqlite:///{(lightly_home() / 'store.db').resolve()}"
+    store_url = (
+        cfg.store_url
+        or os.environ.get("LIGHTLY_STORE_URL")
+        or (f"sqlite:///{(lightly_home() / 'store.db').resolve()}")
     )
     datasource_conn_id = cfg.datasource.conn_id or DEFAULT_CONN_IDS.get(uri_scheme(cfg.datasource.uri))
     artifacts_conn_id = (
@@ -644,7 +663,8 @@ def _json_schema(tp: Any, meta: Mapping[str, Any], default: Any) -> dict[str, An
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                f.name: _json_schema(hints[f.name], f.metadata, _field_default(f)) for f in dataclasses.fields(tp)
+                f.name: _json_schema(hints[f.name], f.metadata, _field_default(f))
+                for f in dataclasses.fields(tp)
             },
         }
     else:
@@ -674,4 +694,7 @@ def _field_default(f: dataclasses.Field) -> Any:
 def param_schemas() -> dict[str, dict[str, Any]]:
     """JSON schema (with ``default``, ``title``, ``description``) of every top-level key, for Airflow Params."""
     hints = typing.get_type_hints(RunConfig)
-    return {f.name: _json_schema(hints[f.name], f.metadata, _field_default(f)) for f in dataclasses.fields(RunConfig)}
+    return {
+        f.name: _json_schema(hints[f.name], f.metadata, _field_default(f))
+        for f in dataclasses.fields(RunConfig)
+    }

@@ -158,8 +158,10 @@ def decode_shard(
         progress.update()
     flush()
     progress.finish()
-    result = pd.DataFrame(rows) if rows else pd.DataFrame(
-        columns=["key", "verdict", "reason", "content_hash", "cache_part", "cache_row"]
+    result = (
+        pd.DataFrame(rows)
+        if rows
+        else pd.DataFrame(columns=["key", "verdict", "reason", "content_hash", "cache_part", "cache_row"])
     )
     return objects.merge(result, on="key", how="left", validate="one_to_one")
 
@@ -186,5 +188,7 @@ def cache_parts(cache: Location, table: pd.DataFrame) -> list[CachePart]:
     parts = []
     for part_index, rows in ok.groupby("cache_part", sort=True):
         name, index = f"part-{int(part_index):05d}.npy", rows["cache_row"].to_numpy()
-        parts.append(CachePart(len(index), lambda name=name, index=index: artifacts.read_array(cache, name)[index]))
+        parts.append(
+            CachePart(len(index), lambda name=name, index=index: artifacts.read_array(cache, name)[index])
+        )
     return parts

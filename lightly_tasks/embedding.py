@@ -70,7 +70,7 @@ def build_model(name: str, checkpoint: bytes | None = None) -> nn.Module:
         for key, value in state.items():
             for prefix in ("module.", "backbone."):
                 if key.startswith(prefix):
-                    key = key[len(prefix):]
+                    key = key[len(prefix) :]
             cleaned[key] = value
         own = model.state_dict()
         head = {k for k in cleaned if k not in own and k.split(".")[0] in ("fc", "classifier")}
@@ -103,7 +103,7 @@ def _rebatch(parts: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarra
         start = 0
         while start < len(part):
             take = min(batch_size - held, len(part) - start)
-            buffer.append(part[start:start + take])
+            buffer.append(part[start : start + take])
             held += take
             start += take
             if held == batch_size:

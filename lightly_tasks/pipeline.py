@@ -99,10 +99,17 @@ def list_stage(ctx: RunContext) -> Manifest:
     uri = artifacts.write_table(ctx.run, "list/objects.parquet", todo)
     log.info(
         "listed %d objects (%d bytes) in %s; %d already in the datapool; %d to process in %d shard(s)",
-        len(listed), int(listed["size"].sum()), ctx.datasource.uri, len(listed) - len(todo), len(todo), n_shards,
+        len(listed),
+        int(listed["size"].sum()),
+        ctx.datasource.uri,
+        len(listed) - len(todo),
+        len(todo),
+        n_shards,
     )
     if listed.empty:
-        log.warning("datasource %s holds no %s: the run will select nothing", ctx.datasource.uri, cfg.input_type)
+        log.warning(
+            "datasource %s holds no %s: the run will select nothing", ctx.datasource.uri, cfg.input_type
+        )
     return {
         "stage": "list",
         "objects_uri": uri,
@@ -137,7 +144,9 @@ def corruptness_stage(ctx: RunContext, shard: int, *, workers: int = 4) -> Manif
     started = time.monotonic()
     objects = _shard_objects(ctx, shard)
     cache = ctx.run.child("cache", f"shard-{shard:05d}")
-    artifacts.remove(ctx.run, f"cache/shard-{shard:05d}")  # a retry must not leave parts of an earlier attempt
+    artifacts.remove(
+        ctx.run, f"cache/shard-{shard:05d}"
+    )  # a retry must not leave parts of an earlier attempt
     counter = ByteCounter()
     table = decode_shard(
         ctx.datasource,
@@ -328,9 +337,14 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
     if cfg.stopping_condition.n_samples and cfg.stopping_condition.n_samples > len(candidate_keys):
         log.warning(
             "stopping_condition.n_samples=%d but only %d candidates: selecting all of them",
-            cfg.stopping_condition.n_samples, len(candidate_keys),
+            cfg.stopping_condition.n_samples,
+            len(candidate_keys),
         )
-    if candidate_vectors is not None and len(existing_vectors) and existing_vectors.shape[1] != candidate_vectors.shape[1]:
+    if (
+        candidate_vectors is not None
+        and len(existing_vectors)
+        and existing_vectors.shape[1] != candidate_vectors.shape[1]
+    ):
         raise ValueError(
             f"dataset {cfg.dataset!r} holds {existing_vectors.shape[1]}-d embeddings but this run's model gives "
             f"{candidate_vectors.shape[1]}-d: use the dataset's embedding model or a new dataset"
@@ -343,8 +357,12 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
             from lightly_tasks.sequences import select_sequences
 
             picked = select_sequences(
-                table, candidate_keys, candidate_vectors, length=cfg.selected_sequence_length,
-                existing=existing_vectors if len(existing_vectors) else None, stop=stop,
+                table,
+                candidate_keys,
+                candidate_vectors,
+                length=cfg.selected_sequence_length,
+                existing=existing_vectors if len(existing_vectors) else None,
+                stop=stop,
             )
         else:
             picked = kcenter_greedy(
@@ -376,8 +394,19 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
 
 
 METADATA_EXCLUDED = {
-    "key", "etag", "size", "last_modified", "shard", "verdict", "reason", "content_hash", "cache_part",
-    "cache_row", "status", "distance", "order",
+    "key",
+    "etag",
+    "size",
+    "last_modified",
+    "shard",
+    "verdict",
+    "reason",
+    "content_hash",
+    "cache_part",
+    "cache_row",
+    "status",
+    "distance",
+    "order",
 }
 
 
@@ -456,7 +485,9 @@ def upload_stage(
         run, "data/embeddings.csv", embeddings_csv(selected["key"].tolist(), selected_vectors)
     )
     corrupt = objects[objects["status"] == "corrupt"]
-    outputs["corrupt_reasons"] = artifacts.write_table(run, "corruptness/corrupt.parquet", corrupt[["key", "reason"]])
+    outputs["corrupt_reasons"] = artifacts.write_table(
+        run, "corruptness/corrupt.parquet", corrupt[["key", "reason"]]
+    )
 
     # Objects that vanished or could not be read are left out of the datapool so the next run retries them.
     unreadable = objects["reason"].fillna("").str.startswith(("missing:", "read error:"))
@@ -521,7 +552,9 @@ def upload_stage(
     finally:
         store.close()
     if not committed:
-        log.warning("run %s of dataset %s was already committed; the store is unchanged", ctx.run_id, cfg.dataset)
+        log.warning(
+            "run %s of dataset %s was already committed; the store is unchanged", ctx.run_id, cfg.dataset
+        )
     counts["nDatasetAfter"] = n_after
     upload_figures["seconds"] = round(time.monotonic() - started, 3)
     report = build_report(
@@ -538,7 +571,9 @@ def upload_stage(
             "nCandidates": selection["n_candidates"],
             "distances": [None if not np.isfinite(d) else round(float(d), 6) for d in selected["distance"]],
         },
-        training=None if training is None else {
+        training=None
+        if training is None
+        else {
             "method": training["method"],
             "model": training["model"],
             "epochs": training["epochs"],
@@ -554,8 +589,14 @@ def upload_stage(
         artifacts.remove(run, "cache")
     log.info(
         "run %s: %d input, %d corrupt, %d duplicates, %d selected; read %d of %d datasource bytes; report %s",
-        ctx.run_id, counts["nInput"], counts["nCorrupt"], counts["nDuplicate"], counts["nSelected"],
-        report["traffic"]["bytesRead"], report["traffic"]["datasourceBytes"], report_uri,
+        ctx.run_id,
+        counts["nInput"],
+        counts["nCorrupt"],
+        counts["nDuplicate"],
+        counts["nSelected"],
+        report["traffic"]["bytesRead"],
+        report["traffic"]["datasourceBytes"],
+        report_uri,
     )
     return {
         "stage": "upload",

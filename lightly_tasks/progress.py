@@ -9,8 +9,15 @@ import time
 class Progress:
     """Log ``<what>: done/total (pct), rate/s, ETA`` every ``interval`` seconds and once at the end."""
 
-    def __init__(self, what: str, total: int, *, unit: str = "objects", interval: float = 5.0,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        *,
+        unit: str = "objects",
+        interval: float = 5.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self.what, self.total, self.unit, self.interval = what, total, unit, interval
         self.log = logger or logging.getLogger("lightly_tasks")
         self.done = 0
@@ -30,8 +37,10 @@ class Progress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta = f"{remaining:.0f}s" if remaining != float("inf") else "?"
-        return (f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
-                f"{rate:.1f} {self.unit}/s, ETA {eta}")
+        return (
+            f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
+            f"{rate:.1f} {self.unit}/s, ETA {eta}"
+        )
 
     def finish(self) -> float:
         """Log the final line and return the seconds spent."""

@@ -141,7 +141,11 @@ def _last_modified(info: dict[str, Any]) -> pd.Timestamp:
             continue
         if isinstance(value, (int, float)):
             return pd.Timestamp(value, unit="s", tz="UTC")
-        return pd.Timestamp(value).tz_localize("UTC") if pd.Timestamp(value).tzinfo is None else pd.Timestamp(value)
+        return (
+            pd.Timestamp(value).tz_localize("UTC")
+            if pd.Timestamp(value).tzinfo is None
+            else pd.Timestamp(value)
+        )
     return pd.NaT
 
 

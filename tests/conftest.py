@@ -37,7 +37,10 @@ pytest_plugins = ["tests.postgres_server", "tests.s3_server"]
 def airflow_db() -> Path:
     """Migrate the session's SQLite Airflow metadata DB once (~8 s); DAG tests depend on it."""
     result = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ.copy()
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
     )
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{result.stdout}\n{result.stderr}")

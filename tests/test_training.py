@@ -3,7 +3,6 @@ the measured claim that training beats the random initialisation on real labeled
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ from lightly_tasks.augment import random_views
 from lightly_tasks.config import parse_config
 from lightly_tasks.decoding import CachePart
 from lightly_tasks.digits import load_digits, write_digits_folder
-from lightly_tasks.embedding import build_model, embed
-from lightly_tasks.knn import knn_accuracy
 from lightly_tasks.storage import location_from_uri
 from lightly_tasks.training import BACKBONE, CHECKPOINT, TrainingSettings, shuffled_batches, train
 
