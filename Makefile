@@ -22,7 +22,7 @@ DEMO_DIR := $(CURDIR)/.demo
 DEMO_CONF = {"datasource": {"uri": "file://$(DEMO_DIR)/images"}, "dataset": "demo", "stopping_condition": {"n_samples": 20}, "artifacts_root": "file://$(DEMO_DIR)/artifacts", "store_url": "sqlite:///$(DEMO_DIR)/store.db", "dump": {"output": "file://$(DEMO_DIR)/selected"}}
 CONF ?= {}
 
-.PHONY: help venv demo run ui test test-slow lint lock bench system-packages clean
+.PHONY: help venv demo run ui test test-slow test-integration lint lock bench system-packages clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -65,6 +65,9 @@ test: venv system-packages ## run the test suite (what CI runs)
 
 test-slow: venv system-packages ## the heavy checks kept out of `make test`
 	python -m pytest -m slow
+
+test-integration: venv system-packages ## real Airflow processes: api-server REST checks, backfill CLI, scheduler runs
+	python -m pytest -m integration
 
 lint: venv ## ruff over the code
 	ruff check lightly_tasks plugins dags tests bench

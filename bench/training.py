@@ -51,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     images, labels = load_digits(args.image_size, n=args.n, varied=not args.plain)
-    parts = [CachePart(len(images[i:i + 256]), lambda i=i: images[i:i + 256]) for i in range(0, len(images), 256)]
+    parts = [CachePart(len(images[i : i + 256]), lambda i=i: images[i : i + 256]) for i in range(0, len(images), 256)]
     random_init = _accuracies(build_model(args.model), images, labels)
     settings = TrainingSettings(
-        model=args.model, method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        model=args.model,
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
         image_size=args.image_size,
     )
     with tempfile.TemporaryDirectory() as out:

@@ -3,6 +3,10 @@
 Thin wiring only: every task builds the run context from the Params and calls a stage of
 ``lightly_tasks.pipeline``. Optional stages (frame counting, training, pretagging) are in the graph and skip
 themselves when the configuration does not enable them.
+
+Created paused. A daily data-interval timetable (``LIGHTLY_CURATION_SCHEDULE``) serves ``airflow backfill
+create`` and scheduled runs; S3 events start runs too when ``LIGHTLY_S3_EVENTS_QUEUE`` is set; runs without a
+conf use ``LIGHTLY_CURATION_CONF`` (see ``lightly_airflow.schedule``).
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from lightly_airflow.context import run_context
+from lightly_airflow.schedule import curation_schedule, default_conf, with_defaults
 
 from lightly_tasks import pipeline
-from lightly_tasks.config import param_schemas
+from lightly_tasks.config import ConfigError, param_schemas
+from lightly_tasks.windows import RunWindow
 
 # Celery queue of the torch stages; docker-compose sets it to "gpu" when a GPU worker runs.
 GPU_QUEUE = os.environ.get("LIGHTLY_GPU_QUEUE", "default")
+# Conf of runs started without one (scheduled, S3 events): $LIGHTLY_CURATION_CONF, validated here.
+DEFAULT_CONF = default_conf()
 
 
 def _params() -> dict[str, Param]:
     params = {}
-    for name, schema in param_schemas().items():
+    for name, schema in with_defaults(param_schemas(), DEFAULT_CONF).items():
         schema = dict(schema)
         default = schema.pop("default")
         params[name] = Param(default, **schema)
@@ -33,9 +41,10 @@ def _params() -> dict[str, Param]:
 
 @dag(
     dag_id="lightly_curation",
-    schedule=None,
+    schedule=curation_schedule(DEFAULT_CONF),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
+    is_paused_upon_creation=True,
     max_active_runs=1,
     params=_params(),
     tags=["lightly", "curation"],
@@ -44,8 +53,14 @@ def _params() -> dict[str, Param]:
 )
 def lightly_curation() -> None:
     @task(task_id="list", retries=0)
-    def list_objects(params: dict[str, Any] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
-        return pipeline.per_shard(pipeline.list_stage(run_context(params, run_id)))
+    def list_objects(
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        data_interval_start: pendulum.DateTime | None = None,
+        data_interval_end: pendulum.DateTime | None = None,
+    ) -> list[dict[str, Any]]:
+        window = RunWindow(start=data_interval_start, end=data_interval_end)
+        return pipeline.per_shard(pipeline.list_stage(run_context(params, run_id), window))
 
     @task(task_id="frame_counting")
     def frame_counting(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
@@ -71,9 +86,11 @@ def lightly_curation() -> None:
     def embedding(decoded: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
         return pipeline.embedding_stage(run_context(params, run_id), decoded["shard"])
 
-    @task(task_id="pretagging", queue=GPU_QUEUE)
-    def pretagging(params: dict[str, Any] | None = None) -> None:
-        raise AirflowSkipException("pretagging is not configured")
+    @task(task_id="pretagging", trigger_rule="none_failed", queue=GPU_QUEUE)
+    def pretagging(decoded: dict, params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+        if not params["pretagging"]:
+            raise AirflowSkipException("pretagging is false: no model predictions in this run")
+        return pipeline.pretagging_stage(run_context(params, run_id), decoded["shard"])
 
     @task(trigger_rule="none_failed")
     def selection(
@@ -93,6 +110,7 @@ def lightly_curation() -> None:
         selected: dict,
         meta: dict,
         trained: dict | None,
+        pretagged: list[dict] | None,
         params: dict[str, Any] | None = None,
         run_id: str | None = None,
     ) -> dict:
@@ -104,18 +122,29 @@ def lightly_curation() -> None:
             selection=selected,
             metadata=meta,
             training=trained,
+            pretagging=list(pretagged or []),
         )
+
+    @task(task_id="release_lease", retries=0)
+    def release_lease(params: dict[str, Any] | None = None, run_id: str | None = None) -> bool:
+        """Teardown: drop the dataset's lease if this run still holds it (a committed run released it)."""
+        try:
+            ctx = run_context(params, run_id)
+        except ConfigError as exc:
+            raise AirflowSkipException(f"the conf is invalid, so no lease was taken: {exc}") from None
+        return pipeline.release_stage(ctx)
 
     listing = list_objects()
     counted = frame_counting()
     decoded = corruptness.expand(listed=listing)
     trained = training(decoded)
     embedded = embedding.expand(decoded=decoded)
-    pretagged = pretagging()
+    pretagged = pretagging.expand(decoded=decoded)
     selected = selection(embedded)
     meta = metadata(selected)
-    listing >> counted >> decoded >> trained >> embedded >> pretagged >> selected
-    upload(listing, decoded, embedded, selected, meta, trained)
+    listing >> counted >> decoded >> trained >> embedded >> selected
+    pretagged >> selected  # pretagging needs only the decoded cache; selection may use its predictions
+    upload(listing, decoded, embedded, selected, meta, trained, pretagged) >> release_lease().as_teardown()
 
 
 lightly_curation()

@@ -5,8 +5,9 @@ than the model on small images, so every augmentation here is one batched tensor
 random resized crop (``roi_align`` crops and resizes all boxes in one call, bilinear, averaging the source
 pixels of each output pixel), horizontal flip, colour jitter (brightness, contrast, saturation, hue),
 random grayscale. The defaults are those of lightly's ``SimCLRTransform`` for small images (colour jitter
-strength 0.5, no blur). Random parameters are drawn on the CPU from a seeded generator, so views are the same
-on CPU and CUDA for a seed.
+strength 0.5, no blur), except the smallest crop: 30 % of the image instead of 8 %, which learned faster
+in short schedules (varied digits, 96 steps: kNN 0.50 vs 0.40). Random parameters are drawn on the CPU from a
+seeded generator, so views are the same on CPU and CUDA for a seed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 class ViewSettings:
     """Augmentation strengths; probabilities are per sample."""
 
-    min_scale: float = 0.08
+    min_scale: float = 0.3
     max_scale: float = 1.0
     min_ratio: float = 3 / 4
     max_ratio: float = 4 / 3

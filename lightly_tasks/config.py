@@ -15,7 +15,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,12 @@ EMBEDDING_MODELS = (
     "convnext_tiny",
 )
 VIDEO_BACKENDS = ("pyav", "decord")
-TRAINING_METHODS = ("simclr", "byol")
+TRAINING_METHODS = ("simclr",)
 DUMP_FORMATS = ("png", "jpeg")
-SUPPORTED_SCHEMES = ("file", "s3")
-DEFAULT_CONN_IDS = {"s3": "aws_default"}
+WINDOW_MODES = ("none", "data_interval")
+"""datasource.window: list everything, or only what was modified in the run's data interval (lightly_tasks.windows)."""
+SUPPORTED_SCHEMES = ("file", "s3", "gs", "az")
+DEFAULT_CONN_IDS = {"s3": "aws_default", "gs": "google_cloud_default", "az": "wasb_default"}
 """The Airflow connection used for a scheme when the conf names none."""
 DEFAULT_MAX_OBJECT_BYTES = 512 * 2**20
 
@@ -72,7 +74,9 @@ def _opt(
 def _check_uri(value: str) -> str | None:
     if not value:
         return "is required, e.g. file:///data/images or s3://bucket/prefix"
-    return _check_optional_uri(value)
+    from lightly_tasks.windows import template_problem  # windows imports storage, which imports this module
+
+    return _check_optional_uri(value) or template_problem(value)
 
 
 def _check_optional_uri(value: str | None) -> str | None:
@@ -111,7 +115,12 @@ class DatasourceConfig:
         default="",
         metadata=_opt(
             "Datasource URI",
-            "Folder or bucket prefix to curate, e.g. file:///data/images or s3://bucket/prefix.",
+            "Folder or bucket prefix to curate, e.g. file:///data/images, s3://bucket/prefix, gs://bucket/prefix "
+            "or az://container/prefix (Azure Blob). For buckets "
+            "organised by date, a Jinja template rendered from the run's data interval names the folder of a "
+            "scheduled or backfill run, e.g. s3://bucket/raw/{{ ds_nodash }}/ (variables: ds, ds_nodash, ts, "
+            "ts_nodash, data_interval_start, data_interval_end); keys and the datapool stay relative to the "
+            "part before the template.",
             check=_check_uri,
         ),
     )
@@ -120,8 +129,8 @@ class DatasourceConfig:
         metadata=_opt(
             "Connection id",
             "Airflow connection holding the datasource's credentials (for S3: keys, and endpoint_url and "
-            "region_name in its extras for any S3-compatible store). Empty: aws_default for s3://. Not used "
-            "for file:// URIs.",
+            "region_name in its extras for any S3-compatible store). Empty: aws_default for s3://, "
+            "google_cloud_default for gs://, wasb_default for az://. Not used for file:// URIs.",
         ),
     )
     process_all: bool = field(
@@ -130,6 +139,16 @@ class DatasourceConfig:
             "Process all",
             "Reconsider every object, not only those the datapool has not seen. Samples already in the dataset "
             "still count as selected.",
+        ),
+    )
+    window: str = field(
+        default="none",
+        metadata=_opt(
+            "Time window",
+            "none: list every object. data_interval: list only objects last modified inside the run's data "
+            "interval [start, end), as scheduled and backfill runs have (airflow backfill create); a run "
+            "without one fails.",
+            enum=WINDOW_MODES,
         ),
     )
 
@@ -202,8 +221,8 @@ class TrainingConfig:
         default="simclr",
         metadata=_opt(
             "Method",
-            "simclr: contrastive (NT-Xent) between two random views of each image; byol: predicts a momentum "
-            "encoder's view, needs no negatives.",
+            "simclr: contrastive (NT-Xent, temperature 0.2) between two random views of each image, the other "
+            "images of the batch as negatives.",
             enum=TRAINING_METHODS,
         ),
     )
@@ -306,6 +325,262 @@ class VideoConfig:
             enum=VIDEO_BACKENDS,
         ),
     )
+    isolate_decoder: bool = field(
+        default=True,
+        metadata=_opt(
+            "Decode in a child process",
+            "Decode videos in a separate process, so that a decoder crash (segfault, abort, out of memory) or "
+            "hang marks that one video corrupt ('decoder crashed') and the shard goes on. Off: decode in the "
+            "task's own process (slightly faster; a crash fails the whole shard).",
+        ),
+    )
+
+
+PRETAGGING_TASK_TYPES = ("object-detection", "classification")
+
+
+def _check_pretagging_model(value: str) -> str | None:
+    if "://" in (value or ""):
+        return _check_optional_uri(value)
+    if value and not re.fullmatch(r"[a-z][a-z0-9_]*", value):
+        return "must be a torchvision architecture name (e.g. fasterrcnn_mobilenet_v3_large_320_fpn) or a URI"
+    return None
+
+
+@dataclass(frozen=True)
+class PretaggingConfig:
+    """The model that pretags the run's samples (pretagging: true); see lightly_tasks/pretagging.py."""
+
+    model: str = field(
+        default="",
+        metadata=_opt(
+            "Model",
+            "A torchvision detection architecture (fasterrcnn_mobilenet_v3_large_320_fpn, "
+            "ssdlite320_mobilenet_v3_large, retinanet_resnet50_fpn, ...) or classification architecture "
+            "(resnet50, ...) used with weights; or the URI of a TorchScript file (torchvision's input/output "
+            "conventions; categories from the categories key or a schema.json stored in the file).",
+            check=_check_pretagging_model,
+        ),
+    )
+    weights: str | None = field(
+        default=None,
+        metadata=_opt(
+            "Weights URI",
+            "URI of a torch.save'd state_dict of the architecture, or of {state_dict, categories}; read with the "
+            "artifacts connection. Required for an architecture: no weights are downloaded at run time.",
+            check=_check_optional_uri,
+        ),
+    )
+    task_name: str = field(
+        default="pretagging",
+        metadata=_opt(
+            "Task name",
+            "Name of the prediction task: the folder under .lightly/predictions/ and the name in tasks.json.",
+            check=_check_dataset_name,
+        ),
+    )
+    task_type: str = field(
+        default="object-detection",
+        metadata=_opt(
+            "Task type", "What the model predicts, as Lightly's schema.json says it.", enum=PRETAGGING_TASK_TYPES
+        ),
+    )
+    categories: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_opt(
+            "Category names",
+            "Names of the model's classes in class-index order (id 0 first; torchvision detectors count the "
+            "background as class 0). Empty: the weights' or TorchScript file's own, torchvision's COCO/ImageNet "
+            "names when the class count matches, else class_<id>.",
+        ),
+    )
+    score_threshold: float = field(
+        default=0.5,
+        metadata=_opt(
+            "Score threshold",
+            "Object detection: detections scoring below this are dropped. Classification keeps every sample's "
+            "prediction with its probabilities.",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+    )
+    batch_size: int = field(
+        default=16,
+        metadata=_opt("Batch size", "Images per model call.", minimum=1, maximum=4096),
+    )
+
+
+SELECTION_INPUT_TYPES = ("EMBEDDINGS", "SCORES", "METADATA", "PREDICTIONS", "RANDOM")
+SELECTION_STRATEGY_TYPES = ("DIVERSITY", "WEIGHTS", "THRESHOLD", "BALANCE", "SIMILARITY", "TYPICALITY")
+THRESHOLD_OPERATIONS = ("SMALLER", "SMALLER_EQUAL", "BIGGER", "BIGGER_EQUAL")
+ACTIVE_LEARNING_SCORES = (
+    "uncertainty_least_confidence",
+    "uncertainty_margin",
+    "uncertainty_entropy",
+    "object_frequency",
+)
+BALANCE_DISTRIBUTIONS = ("TARGET", "UNIFORM", "INPUT")
+STRATEGY_INPUTS = {
+    "DIVERSITY": ("EMBEDDINGS",),
+    "SIMILARITY": ("EMBEDDINGS",),
+    "TYPICALITY": ("EMBEDDINGS",),
+    "WEIGHTS": ("SCORES", "METADATA", "RANDOM"),
+    "THRESHOLD": ("SCORES", "METADATA"),
+    "BALANCE": ("PREDICTIONS", "METADATA"),
+}
+"""The inputs each strategy accepts, as in the Lightly Worker's input/strategy combinations."""
+
+
+@dataclass(frozen=True)
+class SelectionInputConfig:
+    """What a selection strategy reads (the Lightly Worker's ``input``)."""
+
+    type: str = field(
+        default="",
+        metadata=_opt(
+            "Input type",
+            "EMBEDDINGS, SCORES (active-learning scores of a prediction task), METADATA (e.g. lightly.sharpness), "
+            "PREDICTIONS (class distribution of a task) or RANDOM.",
+            enum=SELECTION_INPUT_TYPES,
+        ),
+    )
+    task: str | None = field(
+        default=None, metadata=_opt("Prediction task", "SCORES / PREDICTIONS: name of the prediction task.")
+    )
+    score: str | None = field(
+        default=None,
+        metadata=_opt("Score", "SCORES: the active-learning score computed from the predictions.",
+                      enum=ACTIVE_LEARNING_SCORES),
+    )
+    key: str | None = field(
+        default=None,
+        metadata=_opt("Metadata key", "METADATA: e.g. lightly.sharpness, lightly.luminance, lightly.snr."),
+    )
+    name: str | None = field(
+        default=None,
+        metadata=_opt("Predictions name", "PREDICTIONS: CLASS_DISTRIBUTION.", enum=("CLASS_DISTRIBUTION",)),
+    )
+    random_seed: int | None = field(default=None, metadata=_opt("Random seed", "RANDOM: seed (default 0)."))
+    dataset_id: str | None = field(
+        default=None,
+        metadata=_opt("Query dataset", "SIMILARITY: dataset (in this store) holding tag_name; empty: this dataset."),
+    )
+    tag_name: str | None = field(
+        default=None, metadata=_opt("Query tag", "SIMILARITY: the tag whose samples are the query set.")
+    )
+    file_names: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_opt(
+            "Query file names",
+            "SIMILARITY (extension of the Lightly Worker's config): keys of samples of the dataset or of this "
+            "run that form the query set, instead of a tag.",
+        ),
+    )
+    categories: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_opt("Categories", "SCORES / PREDICTIONS: only predictions of these category names count."),
+    )
+
+
+@dataclass(frozen=True)
+class SelectionStrategyConfig:
+    """How a selection strategy uses its input (the Lightly Worker's ``strategy``)."""
+
+    type: str = field(
+        default="",
+        metadata=_opt(
+            "Strategy type",
+            "DIVERSITY, WEIGHTS, THRESHOLD, BALANCE, SIMILARITY or TYPICALITY.",
+            enum=SELECTION_STRATEGY_TYPES,
+        ),
+    )
+    strength: float = field(
+        default=1.0,
+        metadata=_opt(
+            "Strength",
+            "Exponent of this strategy's objective in the product of all objectives; negative inverts it.",
+            minimum=-1e9,
+            maximum=1e9,
+        ),
+    )
+    stopping_condition_minimum_distance: float | None = field(
+        default=None,
+        metadata=_opt(
+            "Minimum distance",
+            "DIVERSITY: samples closer than this to a selected or existing sample are not selected.",
+            minimum=0.0,
+        ),
+    )
+    threshold: float | None = field(default=None, metadata=_opt("Threshold", "THRESHOLD: the value compared to."))
+    operation: str | None = field(
+        default=None,
+        metadata=_opt("Operation", "THRESHOLD: keep samples whose input is <operation> threshold.",
+                      enum=THRESHOLD_OPERATIONS),
+    )
+    target: dict[str, float] | None = field(
+        default=None,
+        metadata=_opt("Target", "BALANCE: target share of each category name (0..1, summing to at most 1)."),
+    )
+    distribution: str | None = field(
+        default=None,
+        metadata=_opt(
+            "Distribution",
+            "BALANCE: TARGET (the target, default), UNIFORM (equal shares) or INPUT (the candidates' shares).",
+            enum=BALANCE_DISTRIBUTIONS,
+        ),
+    )
+    num_nearest_neighbors: int | None = field(
+        default=None,
+        metadata=_opt("Nearest neighbours", "TYPICALITY: neighbours whose mean distance defines it (default 20).",
+                      minimum=2),
+    )
+    stopping_condition_minimum_typicality: float | None = field(
+        default=None,
+        metadata=_opt("Minimum typicality", "TYPICALITY: stop before a pick less typical than this (0..1].",
+                      exclusive_minimum=0.0, maximum=1.0),
+    )
+    stopping_condition_max_sum: float | None = field(
+        default=None,
+        metadata=_opt("Maximum sum", "WEIGHTS: stop once the selected samples' inputs sum to this.", minimum=0.0),
+    )
+
+
+@dataclass(frozen=True)
+class SelectionStrategyEntry:
+    """One objective of the selection: an input and a strategy, as in the Lightly Worker's config."""
+
+    input: SelectionInputConfig = field(
+        default_factory=SelectionInputConfig, metadata=_opt("Input", "type, task, score, key, name, ...")
+    )
+    strategy: SelectionStrategyConfig = field(
+        default_factory=SelectionStrategyConfig, metadata=_opt("Strategy", "type, strength, threshold, ...")
+    )
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """The Lightly Worker's ``selection_config``: paste it unchanged."""
+
+    n_samples: int | None = field(
+        default=None,
+        metadata=_opt("Number of samples", "Replaces stopping_condition.n_samples/proportion_samples when set.",
+                      minimum=1),
+    )
+    proportion_samples: float | None = field(
+        default=None,
+        metadata=_opt("Proportion of samples",
+                      "Replaces stopping_condition.n_samples/proportion_samples when set.",
+                      exclusive_minimum=0.0, maximum=1.0),
+    )
+    strategies: tuple[SelectionStrategyEntry, ...] = field(
+        default=(),
+        metadata=_opt(
+            "Strategies",
+            "A JSON array of {input: {...}, strategy: {...}} objectives combined greedily into one (the product "
+            "of each objective to the power of its strength; THRESHOLD strategies filter first). Empty: "
+            "farthest-first diversity on the embeddings.",
+        ),
+    )
 
 
 def _default_stopping_condition() -> StoppingConditionConfig:
@@ -318,7 +593,7 @@ class RunConfig:
 
     datasource: DatasourceConfig = field(
         default_factory=DatasourceConfig,
-        metadata=_opt("Datasource", "uri (required), conn_id, process_all."),
+        metadata=_opt("Datasource", "uri (required), conn_id, process_all, window."),
     )
     dataset: str = field(
         default="",
@@ -337,6 +612,13 @@ class RunConfig:
         metadata=_opt(
             "Stopping condition",
             "n_samples, proportion_samples and/or min_distance; selection stops at the first one reached.",
+        ),
+    )
+    selection_config: SelectionConfig = field(
+        default_factory=SelectionConfig,
+        metadata=_opt(
+            "Selection config",
+            "The Lightly Worker's selection_config (n_samples, proportion_samples, strategies), pasted unchanged.",
         ),
     )
     enable_corruptness_check: bool = field(
@@ -388,7 +670,8 @@ class RunConfig:
         default="",
         metadata=_opt(
             "Artifacts root URI",
-            "Where tables, the decoded cache, reports and exports go: a folder or an s3://bucket/prefix. "
+            "Where tables, the decoded cache, reports and exports go: a folder or an s3://, gs:// or az:// "
+            "prefix. "
             "Empty: $LIGHTLY_ARTIFACTS_ROOT or <LIGHTLY_HOME>/artifacts.",
             check=_check_optional_uri,
         ),
@@ -397,8 +680,9 @@ class RunConfig:
         default=None,
         metadata=_opt(
             "Artifacts connection id",
-            "Airflow connection for an s3:// artifacts root, dump output and checkpoint. Empty: the "
-            "datasource's connection (aws_default if that has none).",
+            "Airflow connection for an s3://, gs:// or az:// artifacts root, dump output and checkpoint. Empty: "
+            "the datasource's connection if the artifacts root has the datasource's scheme, else the scheme's "
+            "default connection.",
         ),
     )
     max_object_bytes: int = field(
@@ -431,6 +715,23 @@ class RunConfig:
             minimum=1,
         ),
     )
+    pretagging: bool = field(
+        default=False,
+        metadata=_opt(
+            "Pretagging",
+            "Run pretagging_config's model over the run's non-corrupt samples (from the decoded cache) and write "
+            "its predictions in Lightly's format to <run>/.lightly/predictions/, and those of the selected "
+            "samples to <dump.output>/.lightly/predictions/. The Lightly Worker's key.",
+        ),
+    )
+    pretagging_config: PretaggingConfig = field(
+        default_factory=PretaggingConfig,
+        metadata=_opt(
+            "Pretagging model",
+            "model, weights, task_name, task_type, categories, score_threshold, batch_size; used when "
+            "pretagging. (The Lightly Worker's pretagging_config is a min-requirements file; here it is the model.)",
+        ),
+    )
     dump: DumpConfig = field(default_factory=DumpConfig, metadata=_opt("Dump", "output, format, image_size."))
     keep_cache: bool = field(
         default=False,
@@ -448,7 +749,7 @@ class RunConfig:
 def _redact_tree(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _redact_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_redact_tree(v) for v in value]
     if isinstance(value, str) and "://" in value:
         return redact_uri(value)
@@ -532,8 +833,11 @@ def _resolve_defaults(cfg: RunConfig) -> RunConfig:
         or (f"sqlite:///{(lightly_home() / 'store.db').resolve()}")
     )
     datasource_conn_id = cfg.datasource.conn_id or DEFAULT_CONN_IDS.get(uri_scheme(cfg.datasource.uri))
+    same_scheme = uri_scheme(cfg.datasource.uri) == uri_scheme(artifacts_root)
     artifacts_conn_id = (
-        cfg.artifacts_conn_id or datasource_conn_id or DEFAULT_CONN_IDS.get(uri_scheme(artifacts_root))
+        cfg.artifacts_conn_id
+        or (datasource_conn_id if same_scheme else None)
+        or DEFAULT_CONN_IDS.get(uri_scheme(artifacts_root))
     )
     return dataclasses.replace(
         cfg,
@@ -551,7 +855,13 @@ def parse_config(conf: Mapping[str, Any]) -> RunConfig:
     Empty ``artifacts_root`` / ``store_url`` are resolved to the embedded defaults, empty connection ids to
     the scheme's default connection (``aws_default`` for s3://) or, for the artifacts, the datasource's.
     """
+    if isinstance(conf.get("pretagging_config"), str):
+        raise ConfigError(
+            "pretagging_config: expected an object {model, weights, task_name, ...}; the Lightly Worker's "
+            "min-requirements file is not supported"
+        )
     cfg = _parse_dataclass(RunConfig, conf, prefix="")
+    cfg = _merge_selection_counts(cfg)
     stop = cfg.stopping_condition
     if stop.n_samples is None and stop.proportion_samples is None and stop.min_distance is None:
         raise ConfigError(
@@ -570,7 +880,94 @@ def parse_config(conf: Mapping[str, Any]) -> RunConfig:
             f"training.image_size: training crops are cut from the cache at embedding.image_size="
             f"{cfg.embedding.image_size}, so it must be at most that; got {cfg.training.image_size}"
         )
+    _check_strategies(cfg)
+    _check_pretagging(cfg)
     return _resolve_defaults(cfg)
+
+
+def _check_pretagging(cfg: RunConfig) -> None:
+    """With pretagging on, a model must be named, and an architecture needs its weights (no hub downloads)."""
+    pre = cfg.pretagging_config
+    if not cfg.pretagging:
+        return
+    if not pre.model:
+        raise ConfigError(
+            "pretagging_config.model: pretagging is on but no model is set; give a torchvision architecture "
+            "with pretagging_config.weights, or the URI of a TorchScript file"
+        )
+    if "://" not in pre.model and not pre.weights:
+        raise ConfigError(
+            f"pretagging_config.weights: {pre.model!r} needs a weights URI (a torch.save'd state_dict); there is "
+            "no built-in pretagging model and no weights are downloaded at run time"
+        )
+    if "://" in pre.model and pre.weights:
+        raise ConfigError("pretagging_config.weights: a TorchScript model carries its weights; leave this empty")
+
+
+def _merge_selection_counts(cfg: RunConfig) -> RunConfig:
+    """``selection_config.n_samples`` / ``proportion_samples``, when either is set, replace the stopping
+    condition's two counts (so a pasted Lightly config selects what it says, not also at most the default 100)."""
+    sel = cfg.selection_config
+    if sel.n_samples is None and sel.proportion_samples is None:
+        return cfg
+    stop = dataclasses.replace(
+        cfg.stopping_condition, n_samples=sel.n_samples, proportion_samples=sel.proportion_samples
+    )
+    return dataclasses.replace(cfg, stopping_condition=stop)
+
+
+def _check_strategies(cfg: RunConfig) -> None:
+    """Cross-key checks of ``selection_config.strategies``; the message names the strategy and its key."""
+    strategies = cfg.selection_config.strategies
+    if strategies and cfg.selected_sequence_length > 1:
+        raise ConfigError(
+            "selection_config.strategies: cannot be combined with selected_sequence_length > 1 (sequences are "
+            "selected by diversity only)"
+        )
+    for i, entry in enumerate(strategies):
+        where = f"selection_config.strategies[{i}]"
+        inp, strat = entry.input, entry.strategy
+        accepted = STRATEGY_INPUTS[strat.type]
+        if inp.type not in accepted:
+            raise ConfigError(
+                f"{where}.input.type: {strat.type} works on {' or '.join(accepted)} inputs, not {inp.type}"
+            )
+        required = {
+            "SCORES": ("task", "score"),
+            "METADATA": ("key",),
+            "PREDICTIONS": ("task", "name"),
+        }.get(inp.type, ())
+        for key in required:
+            if not getattr(inp, key):
+                raise ConfigError(f"{where}.input.{key}: is required for {inp.type} inputs")
+        if strat.type == "THRESHOLD":
+            for key in ("threshold", "operation"):
+                if getattr(strat, key) is None:
+                    raise ConfigError(f"{where}.strategy.{key}: is required for THRESHOLD")
+        if strat.type == "BALANCE":
+            distribution = strat.distribution or "TARGET"
+            if distribution == "TARGET" and not strat.target:
+                raise ConfigError(f"{where}.strategy.target: is required for BALANCE (or set distribution)")
+            for name, share in (strat.target or {}).items():
+                if not 0 <= share <= 1:
+                    raise ConfigError(f"{where}.strategy.target.{name}: must be in [0, 1]; got {share}")
+            if sum((strat.target or {}).values()) > 1 + 1e-6:
+                raise ConfigError(f"{where}.strategy.target: shares must sum to at most 1")
+        if strat.type == "SIMILARITY" and not (inp.tag_name or inp.file_names):
+            raise ConfigError(f"{where}.input.tag_name: SIMILARITY needs a query set: tag_name or file_names")
+        own = {
+            "stopping_condition_minimum_distance": "DIVERSITY",
+            "threshold": "THRESHOLD",
+            "operation": "THRESHOLD",
+            "target": "BALANCE",
+            "distribution": "BALANCE",
+            "num_nearest_neighbors": "TYPICALITY",
+            "stopping_condition_minimum_typicality": "TYPICALITY",
+            "stopping_condition_max_sum": "WEIGHTS",
+        }
+        for key, owner in own.items():
+            if getattr(strat, key) is not None and strat.type != owner:
+                raise ConfigError(f"{where}.strategy.{key}: only applies to {owner}, not {strat.type}")
 
 
 def _parse_dataclass(cls: type, conf: Any, *, prefix: str) -> Any:
@@ -613,6 +1010,16 @@ def _parse_value(tp: Any, value: Any, *, key: str, meta: Mapping[str, Any]) -> A
         return _parse_value(args[0], value, key=key, meta=meta)
     if dataclasses.is_dataclass(tp):
         return _parse_dataclass(tp, value, prefix=f"{key}.")
+    if origin is tuple:  # tuple[X, ...]: a JSON array
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_parse_value(item, v, key=f"{key}[{i}]", meta={}) for i, v in enumerate(value))
+    if origin is dict:  # dict[str, X]: a JSON object with free keys
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected an object, got {value!r}")
+        item = typing.get_args(tp)[1]
+        return {str(k): _parse_value(item, v, key=f"{key}.{k}", meta={}) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -667,11 +1074,19 @@ def _json_schema(tp: Any, meta: Mapping[str, Any], default: Any) -> dict[str, An
                 for f in dataclasses.fields(tp)
             },
         }
+    elif typing.get_origin(tp) in (tuple, dict):
+        is_list = typing.get_origin(tp) is tuple  # tuple[X, ...] is a JSON array, dict[str, X] a free object
+        json_type = "array" if is_list else "object"
+        schema["type"] = [json_type, "null"] if nullable else json_type
+        item = _json_schema(typing.get_args(tp)[0 if is_list else 1], {}, None)
+        for unused in ("title", "description", "default"):
+            item.pop(unused)
+        schema["items" if is_list else "additionalProperties"] = item
     else:
         json_type = {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]
         schema["type"] = [json_type, "null"] if nullable else json_type
         if meta.get("enum"):
-            schema["enum"] = list(meta["enum"])
+            schema["enum"] = list(meta["enum"]) + ([None] if nullable else [])
         if meta.get("minimum") is not None:
             schema["minimum"] = meta["minimum"]
         if meta.get("maximum") is not None:
@@ -685,10 +1100,17 @@ def _json_schema(tp: Any, meta: Mapping[str, Any], default: Any) -> dict[str, An
 
 
 def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    value = f.default_factory()  # type: ignore[misc]
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return _json_value(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` with tuples as lists, the way JSON (and the form's schema validation) sees them."""
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def param_schemas() -> dict[str, dict[str, Any]]:

@@ -9,27 +9,24 @@ that cache, never the originals, so each object crosses the network once per run
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from lightly_tasks import artifacts
 from lightly_tasks.corruptness import DEFAULT_MAX_PIXELS, check_image, content_hash
 from lightly_tasks.metadata import reduced_decode_size, working_copy, working_copy_metadata
+from lightly_tasks.ordered_map import ordered_map
 from lightly_tasks.progress import Progress
 from lightly_tasks.storage import ByteCounter, Location, read_object
+from lightly_tasks.thumbnails import thumbnail
 
 log = logging.getLogger(__name__)
 
 CACHE_PART_SIZE = 256
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -41,28 +38,6 @@ class Decoded:
     content_hash: str | None
     metadata: dict[str, Any]
     thumbnail: np.ndarray | None
-
-
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int) -> Iterator[R]:
-    """``map(fn, items)`` on a thread pool, in input order, with at most ``window`` results in flight.
-
-    Bounded look-ahead keeps memory flat on shards of any size, while I/O and decoding (both release the GIL)
-    overlap across threads.
-    """
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def thumbnail(image: Image.Image, size: int) -> np.ndarray:
-    """Resize the whole image (no crop) to ``size`` x ``size`` RGB and return it as (S, S, 3) uint8."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
 def decode_object(

@@ -127,8 +127,13 @@ class DemoVideos:
     """key -> header frame count of a faststart MP4 cut in half (its first frames stay usable)"""
 
 
-def build_demo_videos(folder: Path, *, n_frames: int = 40, width: int = 64, height: int = 48) -> DemoVideos:
-    """Write the demo set: good videos in every container, and broken ones with the verdict each must get."""
+def build_demo_videos(
+    folder: Path, *, n_frames: int = 40, width: int = 64, height: int = 48, noise: float = 0.0
+) -> DemoVideos:
+    """Write the demo set: good videos in every container, and broken ones with the verdict each must get.
+
+    ``noise`` (see :func:`synthetic_frames`) gives the videos realistic bitrates, for byte-ratio checks.
+    """
     demo = DemoVideos()
     good = [
         ("cams/street_01.mp4", {"faststart": True}),
@@ -139,18 +144,20 @@ def build_demo_videos(folder: Path, *, n_frames: int = 40, width: int = 64, heig
         ("archive/clip.mov", {}),
     ]
     for seed, (key, options) in enumerate(good):
-        write_video(folder / key, n_frames=n_frames, width=width, height=height, seed=seed, **options)
+        write_video(folder / key, n_frames=n_frames, width=width, height=height, seed=seed, noise=noise, **options)
         demo.good[key] = n_frames
     damaged = "cams/damaged.mp4"
-    write_video(folder / damaged, n_frames=n_frames, width=width, height=height, seed=20, faststart=True)
+    write_video(folder / damaged, n_frames=n_frames, width=width, height=height, seed=20, faststart=True, noise=noise)
     damage_frame(folder / damaged, n_frames // 2 + 1)
     demo.damaged[damaged] = n_frames // 2 + 1
     truncated = "cams/truncated.mp4"
-    write_video(folder / truncated, n_frames=n_frames, width=width, height=height, seed=21, faststart=True)
+    write_video(
+        folder / truncated, n_frames=n_frames, width=width, height=height, seed=21, faststart=True, noise=noise
+    )
     truncate(folder / truncated)
     demo.truncated[truncated] = n_frames
     cut_moov = "broken/cut_moov.mp4"
-    write_video(folder / cut_moov, n_frames=n_frames, width=width, height=height, seed=22)
+    write_video(folder / cut_moov, n_frames=n_frames, width=width, height=height, seed=22, noise=noise)
     truncate(folder / cut_moov)
     demo.broken[cut_moov] = "unreadable container"
     write_video(folder / "broken/empty.mp4", n_frames=0, width=width, height=height)

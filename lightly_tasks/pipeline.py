@@ -7,6 +7,7 @@ XCom. Every stage is idempotent: a retry overwrites the stage's own artifacts an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -21,14 +22,17 @@ from lightly_tasks import artifacts
 from lightly_tasks.config import RunConfig, redact_uri
 from lightly_tasks.decoding import cache_parts, decode_shard, iter_cache
 from lightly_tasks.report import build_report, dump_selected, embeddings_csv, write_filenames
-from lightly_tasks.storage import IMAGE_EXTENSIONS, ByteCounter, Location, list_objects, location_from_uri
+from lightly_tasks.storage import IMAGE_EXTENSIONS, ByteCounter, Location, location_from_uri
 from lightly_tasks.store import DatasetStore, RunCommit
+from lightly_tasks.windows import RunWindow, list_window
 
 log = logging.getLogger(__name__)
 
 OBJECTS_PER_AUTO_SHARD = 2000
 VIDEOS_PER_AUTO_SHARD = 50
 MAX_AUTO_SHARDS = 64
+RUN_LEASE_SECONDS = 12 * 3600
+"""How long a run's lease on its dataset lasts; it only matters when a run dies without its teardown."""
 Manifest = dict[str, Any]
 
 
@@ -80,11 +84,59 @@ def _extensions(input_type: str) -> frozenset[str]:
     return IMAGE_EXTENSIONS
 
 
-def list_stage(ctx: RunContext) -> Manifest:
-    """List the datasource, drop what the datapool has seen (same key and etag), split the rest into shards."""
+def list_stage(ctx: RunContext, window: RunWindow | None = None) -> Manifest:
+    """Take the dataset's lease for this run (see :data:`RUN_LEASE_SECONDS`), then list (:func:`_list_stage`).
+
+    Raises :class:`~lightly_tasks.store.DatasetBusyError` when another run curates the dataset. The lease is
+    released by the upload's commit, by :func:`release_stage` (the DAG's teardown) or here if listing fails.
+    """
+    store = ctx.store()
+    try:
+        store.acquire_lease(ctx.config.dataset, ctx.run_id, ttl_seconds=RUN_LEASE_SECONDS)
+        try:
+            return _list_stage(ctx, window)
+        except BaseException:
+            store.release_lease(ctx.config.dataset, ctx.run_id)
+            raise
+    finally:
+        store.close()
+
+
+def release_stage(ctx: RunContext) -> bool:
+    """Release the dataset's lease if this run still holds it (after a failure); returns whether it did."""
+    store = ctx.store()
+    try:
+        released = store.release_lease(ctx.config.dataset, ctx.run_id)
+    finally:
+        store.close()
+    if released:
+        log.info("released the lease of dataset %s held by run %s", ctx.config.dataset, ctx.run_id)
+    return released
+
+
+def _list_stage(ctx: RunContext, window: RunWindow | None = None) -> Manifest:
+    """List the datasource, drop what the datapool has seen (same key and etag), split the rest into shards.
+
+    ``window`` is the run's data interval: with ``datasource.window: data_interval`` or a templated datasource
+    URI only the interval's objects are listed (see :mod:`lightly_tasks.windows`).
+    """
     started = time.monotonic()
     cfg = ctx.config
-    listed = list_objects(ctx.datasource, extensions=_extensions(cfg.input_type))
+    scope = list_window(
+        ctx.datasource,
+        cfg.datasource.uri,
+        mode=cfg.datasource.window,
+        window=window or RunWindow(),
+        extensions=_extensions(cfg.input_type),
+    )
+    listed = scope.objects
+    if scope.folder is not None or scope.interval is not None:
+        log.info(
+            "run window: folder %s, data interval %s (%d objects outside it)",
+            scope.folder or "(all)",
+            scope.interval or "(any time)",
+            scope.n_outside,
+        )
     store = ctx.store()
     try:
         seen = {} if cfg.datasource.process_all else store.seen_objects(cfg.dataset, ctx.datasource_id)
@@ -114,6 +166,7 @@ def list_stage(ctx: RunContext) -> Manifest:
         "stage": "list",
         "objects_uri": uri,
         "n_listed": len(listed),
+        "window": {"folder": scope.folder, "interval": scope.interval, "n_outside": scope.n_outside},
         "n_seen": len(listed) - len(todo),
         "n_objects": len(todo),
         "listed_bytes": int(listed["size"].sum()),
@@ -265,6 +318,63 @@ def embedding_stage(ctx: RunContext, shard: int) -> Manifest:
     }
 
 
+def pretagging_stage(ctx: RunContext, shard: int) -> Manifest:
+    """Run ``pretagging_config``'s model over a shard's decoded cache (no datasource reads).
+
+    Writes Lightly's predictions format under ``<run>/.lightly/predictions/`` (tasks.json, <task>/schema.json,
+    one JSON per sample, boxes in original-image pixels) and ``pretagging/shard-N.parquet`` (key, predictions
+    as JSON) for the upload's exports and report.
+    """
+    from lightly_tasks import predictions  # plain JSON; pretagging imports torch, so both load here
+    from lightly_tasks.pretagging import load_pretagging_model, pretag
+
+    started = time.monotonic()
+    pre = ctx.config.pretagging_config
+    table = artifacts.read_table(ctx.run, f"corruptness/shard-{shard:05d}.parquet")
+    ok = table[table["verdict"] == "ok"].sort_values(["cache_part", "cache_row"], kind="stable")
+    model = load_pretagging_model(pre, lambda uri: _read_uri_bytes(ctx, uri))
+    sizes = list(zip(ok["width"].astype(int), ok["height"].astype(int), strict=True)) if len(ok) else []
+    result = pretag(
+        model,
+        iter_cache(ctx.run.child("cache", f"shard-{shard:05d}"), ok),
+        sizes,
+        batch_size=pre.batch_size,
+        score_threshold=pre.score_threshold,
+    )
+    by_file: dict[str, str] = {}
+    per_key: dict[str, list[dict[str, Any]]] = {}
+    for key, preds in zip(ok["key"], result.predictions, strict=True):
+        name = predictions.sample_file(key)
+        if name in by_file:  # Lightly names prediction files by key without extension: a.jpg and a.png clash
+            log.warning("pretagging: %s shares its prediction file %s with %s; skipped", key, name, by_file[name])
+            continue
+        by_file[name] = key
+        per_key[key] = preds
+    task_uri = predictions.write_task(ctx.run, pre.task_name, model.schema)
+    predictions.write_predictions(ctx.run, pre.task_name, per_key)
+    rows = pd.DataFrame(
+        {"key": list(per_key), "predictions": [json.dumps(p, separators=(",", ":")) for p in per_key.values()]}
+    )
+    uri = artifacts.write_table(ctx.run, f"pretagging/shard-{shard:05d}.parquet", rows)
+    seconds = time.monotonic() - started
+    return {
+        "stage": "pretagging",
+        "shard": shard,
+        "task_name": pre.task_name,
+        "task_type": model.schema.task_type,
+        "model": model.source if model.source != "torchscript" else redact_uri(pre.model),
+        "predictions_uri": task_uri,
+        "table_uri": uri,
+        "n_samples": len(per_key),
+        "n_name_clashes": len(ok) - len(per_key),
+        "n_predictions": int(sum(len(p) for p in per_key.values())),
+        "device": result.device,
+        "images_per_second": result.images_per_second,
+        "bytes_read": 0,
+        "seconds": round(seconds, 3),
+    }
+
+
 def _all_shards(ctx: RunContext, shards: Sequence[int]) -> tuple[pd.DataFrame, list[str], np.ndarray]:
     tables = [artifacts.read_table(ctx.run, f"corruptness/shard-{s:05d}.parquet") for s in shards]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
@@ -285,7 +395,8 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
     Writes ``selection/objects.parquet``: every processed object with its ``status`` (selected, not_selected,
     corrupt, duplicate, in_dataset), ``reason``, the ``distance`` that chose it and its pick ``order``.
     """
-    from lightly_tasks.selection import StoppingCondition, kcenter_greedy  # faiss: imported here, as torch
+    from lightly_tasks import strategy_stage  # faiss: imported here, as torch
+    from lightly_tasks.selection import StoppingCondition, kcenter_greedy
 
     started = time.monotonic()
     cfg = ctx.config
@@ -352,6 +463,7 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
     distance = np.full(len(table), np.nan, dtype=np.float32)
     order = np.full(len(table), -1, dtype=np.int64)
     stopped_by = "exhausted"
+    strategies, predictions = None, None
     if candidate_keys:
         if cfg.selected_sequence_length > 1:
             from lightly_tasks.sequences import select_sequences
@@ -364,6 +476,11 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
                 existing=existing_vectors if len(existing_vectors) else None,
                 stop=stop,
             )
+        elif cfg.selection_config.strategies:
+            picked, predictions = strategy_stage.run_strategies(
+                ctx, table, candidate_keys, candidate_vectors, existing_vectors, stop
+            )
+            strategies = picked.summary
         else:
             picked = kcenter_greedy(
                 candidate_vectors, existing=existing_vectors if len(existing_vectors) else None, stop=stop
@@ -373,9 +490,15 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
         for rank, (index, dist) in enumerate(zip(picked.indices, picked.distances, strict=True)):
             i = position[candidate_keys[int(index)]]
             status[i], distance[i], order[i] = "selected", dist, rank
+        for index, why in strategy_stage.exclusions(cfg, picked):
+            reason[position[candidate_keys[index]]] = why
     status = np.where(status == "candidate", "not_selected", status)
     result = table.assign(status=status, reason=reason, distance=distance, order=order)
     uri = artifacts.write_table(ctx.run, "selection/objects.parquet", result)
+    summary_uri = strategy_stage.write_summary(
+        ctx, candidate_keys, result.loc[result["status"] == "selected"].sort_values("order")["key"].tolist(),
+        strategies, predictions,
+    )
     counts = result["status"].value_counts().to_dict()
     log.info("selection: %s (stopped by %s)", counts, stopped_by)
     return {
@@ -388,6 +511,7 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
         "n_in_dataset": int(counts.get("in_dataset", 0)),
         "n_existing": len(existing_keys),
         "stopped_by": stopped_by,
+        "summary_uri": summary_uri,
         "bytes_read": 0,
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -444,6 +568,7 @@ def upload_stage(
     selection: Manifest,
     metadata: Manifest,
     training: Manifest | None = None,
+    pretagging: Sequence[Manifest] | None = None,
 ) -> Manifest:
     """Dump, exports, the store transaction (samples, tag, run, datapool) and ``report.json``.
 
@@ -475,6 +600,8 @@ def upload_stage(
             sizes = selected["size"].tolist()
             dump_selected(ctx.datasource, output, selected["key"].tolist(), counter, sizes)
         outputs["dump"] = output.uri
+    pretagged = [m for m in pretagging or [] if m]
+    pretag_report = _pretagging_outputs(ctx, selected["key"].tolist(), pretagged, outputs) if pretagged else None
 
     run = ctx.run
     by_status = {s: objects.loc[objects["status"] == s, "key"].tolist() for s in ("corrupt", "duplicate")}
@@ -525,6 +652,7 @@ def upload_stage(
         },
         "selection": _stage_figures([selection]),
         "metadata": _stage_figures([metadata]),
+        **({"pretagging": _stage_figures(pretagged)} if pretagged else {}),
     }
     if videos is not None:
         counted = video_stages.frame_counting_figures(ctx)
@@ -546,7 +674,8 @@ def upload_stage(
                 counts=counts,
                 bytes_read=bytes_read,
                 datasource_bytes=int(listing["datasource_bytes"]),
-            )
+            ),
+            lease_holder=ctx.run_id,
         )
         n_after = len(store.samples(cfg.dataset))
     finally:
@@ -581,9 +710,12 @@ def upload_stage(
             "imagesPerSecond": training["images_per_second"],
             "backbone": training["backbone_uri"],
         },
+        **_selection_summary(ctx, selection),
     )
     if videos is not None:
         report.update(video_stages.report_sections(ctx, selected, videos))
+    if pretag_report is not None:
+        report["pretagging"] = pretag_report
     report_uri = artifacts.write_json(run, "report.json", report)
     if not cfg.keep_cache:
         artifacts.remove(run, "cache")
@@ -608,6 +740,48 @@ def upload_stage(
         "bytes_read": counter.total,
         "seconds": upload_figures["seconds"],
     }
+
+
+def _pretagging_outputs(
+    ctx: RunContext, selected_keys: Sequence[str], pretagged: Sequence[Manifest], outputs: dict[str, str]
+) -> dict[str, Any]:
+    """Copy the selected samples' predictions next to the dump (``<dump.output>/.lightly/predictions/``) and
+    return the report's pretagging section: task, model and the class distribution before/after selection."""
+    from lightly_tasks import predictions
+
+    task = pretagged[0]["task_name"]
+    schema = predictions.load_schema(ctx.run, task)
+    tables = [artifacts.read_table(ctx.run, f"pretagging/shard-{m['shard']:05d}.parquet") for m in pretagged]
+    table = pd.concat(tables, ignore_index=True)
+    by_key = {k: json.loads(p) for k, p in zip(table["key"], table["predictions"], strict=True)}
+    chosen = {k: by_key[k] for k in selected_keys if k in by_key}
+    outputs["predictions"] = ctx.run.child_uri(predictions.PREDICTIONS_DIR)
+    if ctx.config.dump.output:
+        output = ctx.resolve(ctx.config.dump.output)
+        predictions.write_task(output, task, schema)
+        predictions.write_predictions(output, task, chosen)
+        outputs["dump_predictions"] = output.child_uri(predictions.PREDICTIONS_DIR)
+    return {
+        "task": task,
+        "taskType": schema.task_type,
+        "model": pretagged[0]["model"],
+        "device": pretagged[0]["device"],
+        "nSamples": len(by_key),
+        "nPredictions": int(sum(m["n_predictions"] for m in pretagged)),
+        "nNameClashes": int(sum(m["n_name_clashes"] for m in pretagged)),
+        "classDistribution": {
+            "input": predictions.class_distribution(schema, by_key.values()),
+            "selected": predictions.class_distribution(schema, chosen.values()),
+        },
+    }
+
+
+def _selection_summary(ctx: RunContext, selection: Manifest) -> dict[str, Any]:
+    """The report's strategy summary and class distributions, from ``selection/summary.json`` if written."""
+    if not selection.get("summary_uri"):
+        return {}
+    summary = artifacts.read_json(ctx.run, "selection/summary.json")
+    return {"strategies": summary["strategies"], "class_distribution": summary["classDistribution"]}
 
 
 def _json_metadata(row: pd.Series) -> dict[str, Any]:

@@ -69,10 +69,15 @@ def build_report(
     outputs: dict[str, str],
     selection: dict[str, Any],
     training: dict[str, Any] | None = None,
+    strategies: list[dict[str, Any]] | None = None,
+    class_distribution: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``report.json`` document: Lightly-style ``datasetSizes``, ``traffic`` and per-stage figures.
 
     ``training`` ({method, epochs, lossPerEpoch, ...}) is included when the run trained its embedding model.
+    ``strategies`` (one entry per selection strategy: input, strategy, strength, nExcluded, contribution, ...)
+    goes to ``selection.strategies``; ``class_distribution`` ({task: {before, after}}, the candidates' and the
+    selected samples' predicted classes) to ``classDistribution``, when predictions exist.
     """
     bytes_read = sum(int(s.get("bytesRead", 0)) for s in stages.values())
     report = {
@@ -84,13 +89,15 @@ def build_report(
             "bytesRead": bytes_read,
             "ratio": round(bytes_read / datasource_bytes, 4) if datasource_bytes else None,
         },
-        "selection": selection,
+        "selection": {**selection, **({"strategies": strategies} if strategies else {})},
         "stages": stages,
         "outputs": outputs,
         "config": config,
     }
     if training is not None:
         report["training"] = training
+    if class_distribution:
+        report["classDistribution"] = class_distribution
     return report
 
 

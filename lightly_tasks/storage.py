@@ -63,6 +63,19 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
         errors.append(AiohttpClientError)
     except ImportError:  # pragma: no cover - aiohttp comes with s3fs
         pass
+    try:
+        from gcsfs.retry import HttpError as GcsHttpError
+        from google.auth.exceptions import GoogleAuthError
+
+        errors += [GcsHttpError, GoogleAuthError]
+    except ImportError:  # pragma: no cover - gcsfs comes with the google provider
+        pass
+    try:
+        from azure.core.exceptions import AzureError
+
+        errors.append(AzureError)
+    except ImportError:  # pragma: no cover - azure-core comes with adlfs
+        pass
     return tuple(errors)
 
 
@@ -149,6 +162,54 @@ def _last_modified(info: dict[str, Any]) -> pd.Timestamp:
     return pd.NaT
 
 
+_LISTING_HINTS = {
+    "s3": ("the connection's endpoint_url and region", "list it (s3:ListBucket) and read its objects (s3:GetObject)"),
+    "gs": (
+        "the connection's project and gcs.endpoint",
+        "list and read its objects (storage.objects.list and storage.objects.get, e.g. the Storage Object Viewer "
+        "role)",
+    ),
+    "az": (
+        "the connection's account URL (host) or connection string",
+        "list and read its blobs (e.g. the Storage Blob Data Reader role, or a SAS with read and list "
+        "permissions on the container)",
+    ),
+}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status an object-store client error carries (gcsfs: ``code``, azure-core: ``status_code``)."""
+    for name in ("status_code", "code"):
+        value = getattr(exc, name, None)
+        if isinstance(value, (int, str)) and str(value).isdigit():
+            return int(value)
+    return None
+
+
+def _listing_error(location: Location, exc: Exception) -> Exception:
+    """The exception to raise for a failed listing: not found / access denied naming the bucket, else ``exc``.
+
+    s3fs maps S3's errors to FileNotFoundError / PermissionError; gcsfs raises FileNotFoundError for a missing
+    bucket and ``OSError("Forbidden: ...")`` or an ``HttpError`` with code 401/403 for denied access; adlfs lets
+    azure-core's errors through (``status_code`` 404 / 401 / 403). Messages hold the redacted URI only.
+    """
+    scheme = location.uri.split("://", 1)[0] if "://" in location.uri else "file"
+    where, permissions = _LISTING_HINTS.get(scheme, ("the path", "list and read it"))
+    bucket = bucket_of(location)
+    status = _status_of(exc)
+    if isinstance(exc, FileNotFoundError) or status == 404:
+        return DatasourceNotFoundError(
+            f"datasource {location.uri}: bucket {bucket!r} does not exist (check the bucket name and {where})"
+        )
+    denied = isinstance(exc, PermissionError) or status in (401, 403)
+    if denied or (isinstance(exc, OSError) and str(exc).startswith("Forbidden")):
+        return DatasourceAccessError(
+            f"datasource {location.uri}: access to bucket {bucket!r} denied; the connection's credentials need "
+            f"permission to {permissions}"
+        )
+    return exc
+
+
 def list_objects(location: Location, *, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> pd.DataFrame:
     """List the objects below ``location`` whose extension is in ``extensions``, sorted by key.
 
@@ -168,16 +229,11 @@ def list_objects(location: Location, *, extensions: Iterable[str] = IMAGE_EXTENS
             raise DatasourceNotFoundError(f"datasource {location.uri} is not a folder or prefix")
     try:
         found = fs.find(root, detail=True, withdirs=False)
-    except FileNotFoundError as exc:
-        raise DatasourceNotFoundError(
-            f"datasource {location.uri}: bucket {bucket_of(location)!r} does not exist (check the bucket "
-            "name and the connection's endpoint_url and region)"
-        ) from exc
-    except PermissionError as exc:
-        raise DatasourceAccessError(
-            f"datasource {location.uri}: access to bucket {bucket_of(location)!r} denied; the connection's "
-            "credentials need permission to list it (s3:ListBucket) and read its objects (s3:GetObject)"
-        ) from exc
+    except Exception as exc:
+        error = _listing_error(location, exc)
+        if error is exc:
+            raise
+        raise error from exc
     extensions = frozenset(e.lower() for e in extensions)
     prefix = root.rstrip("/") + "/"
     rows = []

@@ -4,6 +4,10 @@ It is the project's own database (a SQLite file by default, PostgreSQL by URL), 
 A run's results land in one transaction (`DatasetStore.commit_run`): samples, the run's tag, tag links,
 datapool entries and the run row all appear together or not at all, and a retried commit of the same run is
 a no-op, so the pipeline gets exactly-once semantics per (dataset, run_id).
+
+A lease per dataset (`DatasetStore.acquire_lease`) keeps two curations of one dataset from running at once:
+a run takes it before listing, its commit checks and releases it in the same transaction, and it expires so
+that a dead run cannot block the dataset for ever.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +118,15 @@ datapool = sa.Table(
     sa.UniqueConstraint("dataset_id", "datasource", "key", name="uq_datapool_dataset_datasource_key"),
 )
 
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("dataset_id", _Id, sa.ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("acquired_at", _Timestamp, nullable=False),
+    sa.Column("expires_at", _Timestamp, nullable=False),
+)
+
 
 class StoreError(RuntimeError):
     """The store cannot be opened or used (bad URL, unreachable server, unsupported database)."""
@@ -125,6 +138,20 @@ class TagExistsError(ValueError):
 
 class EmbeddingDimError(ValueError):
     """Embeddings of a commit do not all have the dataset's dimension."""
+
+
+class DatasetBusyError(RuntimeError):
+    """Another run holds the dataset's lease (or took it over after this run's lease expired)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who may curate a dataset now: the holder (a run id) until ``expires``."""
+
+    dataset: str
+    holder: str
+    acquired: datetime
+    expires: datetime
 
 
 @dataclass(frozen=True)
@@ -397,11 +424,67 @@ class DatasetStore:
         with self._read() as conn:
             return set(conn.execute(query).scalars())
 
-    def commit_run(self, run: RunCommit) -> bool:
+    def acquire_lease(
+        self, dataset: str, holder: str, *, ttl_seconds: float, now: datetime | None = None
+    ) -> Lease:
+        """Take (or renew, for the same holder) the dataset's lease until ``now + ttl_seconds``.
+
+        Raises :class:`DatasetBusyError` naming the holder when another holder's lease has not expired. The
+        dataset row is locked meanwhile, so of two racing callers exactly one gets the lease.
+        """
+        now = now or datetime.now(UTC)
+        expires = now + timedelta(seconds=ttl_seconds)
+        with self._write() as conn:
+            dataset_id, _ = self._lock_dataset(conn, dataset, now)
+            current = self._current_lease(conn, dataset_id, dataset, now)
+            if current is not None and current.holder != holder:
+                raise DatasetBusyError(
+                    f"dataset {dataset!r} is being curated by run {current.holder!r} (lease until "
+                    f"{current.expires.isoformat()}); two curations of one dataset never run at once"
+                )
+            acquired = current.acquired if current is not None else now
+            stmt = self._insert(leases).values(
+                dataset_id=dataset_id, holder=holder, acquired_at=acquired, expires_at=expires
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["dataset_id"],
+                    set_={"holder": holder, "acquired_at": acquired, "expires_at": expires},
+                )
+            )
+        return Lease(dataset=dataset, holder=holder, acquired=acquired, expires=expires)
+
+    def release_lease(self, dataset: str, holder: str) -> bool:
+        """Drop the dataset's lease if ``holder`` holds it; returns whether a lease was dropped."""
+        dataset_id = sa.select(datasets.c.id).where(datasets.c.name == dataset).scalar_subquery()
+        with self._write() as conn:
+            result = conn.execute(
+                leases.delete().where(leases.c.dataset_id == dataset_id, leases.c.holder == holder)
+            )
+        return bool(result.rowcount)
+
+    def lease(self, dataset: str, now: datetime | None = None) -> Lease | None:
+        """The dataset's unexpired lease, or None when nobody holds it."""
+        now = now or datetime.now(UTC)
+        with self._read() as conn:
+            dataset_id = conn.execute(
+                sa.select(datasets.c.id).where(datasets.c.name == dataset)
+            ).scalar_one_or_none()
+            return None if dataset_id is None else self._current_lease(conn, dataset_id, dataset, now)
+
+    def _current_lease(self, conn: Connection, dataset_id: int, dataset: str, now: datetime) -> Lease | None:
+        row = conn.execute(sa.select(leases).where(leases.c.dataset_id == dataset_id)).first()
+        if row is None or _utc(row.expires_at) <= now:
+            return None
+        return Lease(dataset=dataset, holder=row.holder, acquired=_utc(row.acquired_at), expires=_utc(row.expires_at))
+
+    def commit_run(self, run: RunCommit, *, lease_holder: str | None = None) -> bool:
         """Write a run's samples, tag, tag links, datapool entries and run row in one transaction.
 
         Returns False, writing nothing, when (dataset, run_id) was committed before; raises (writing
-        nothing) on invalid input, a tag name used by another run, or an embedding dim mismatch.
+        nothing) on invalid input, a tag name used by another run, or an embedding dim mismatch. With
+        ``lease_holder``, the commit also raises :class:`DatasetBusyError` unless that holder still has the
+        dataset's lease (expired or not, as long as no other run took it over), and releases it on success.
         """
         sample_rows, dim = _sample_rows(run)
         pool_keys, pool_etags = _datapool_entries(run)
@@ -414,6 +497,16 @@ class DatasetStore:
             if already is not None:
                 conn.rollback()
                 return False
+            if lease_holder is not None:
+                holder = conn.execute(
+                    sa.select(leases.c.holder).where(leases.c.dataset_id == dataset_id)
+                ).scalar_one_or_none()
+                if holder != lease_holder:  # an expired lease still counts until another run takes it
+                    raise DatasetBusyError(
+                        f"run {run.run_id!r} does not hold the lease of dataset {run.dataset!r} (now "
+                        f"{'held by run ' + repr(holder) if holder else 'free'}: it expired and another run "
+                        "took it); nothing was committed, so no object is processed twice"
+                    )
             if dim is not None and dataset_dim is not None and dim != dataset_dim:
                 raise EmbeddingDimError(
                     f"dataset {run.dataset!r} holds {dataset_dim}-dim embeddings; run {run.run_id!r} "
@@ -433,6 +526,10 @@ class DatasetStore:
                 )
             )
             self._upsert_datapool(conn, dataset_id, run_pk, run.datasource, pool_keys, pool_etags)
+            if lease_holder is not None:
+                conn.execute(
+                    leases.delete().where(leases.c.dataset_id == dataset_id, leases.c.holder == lease_holder)
+                )
         return True
 
     def _lock_dataset(self, conn: Connection, dataset: str, now: datetime) -> tuple[int, int | None]:

@@ -23,13 +23,14 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import av
 import av.error
 import numpy as np
 
-from lightly_tasks.ranged_file import Deadline
+if TYPE_CHECKING:  # not imported at run time: the decoder child process stays free of fsspec and pandas
+    from lightly_tasks.ranged_file import Deadline
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm"})
 BACKENDS = ("pyav", "decord")
@@ -124,23 +125,6 @@ def probe(file: BinaryIO, *, buffer_size: int = 8 * 2**10) -> StreamInfo:
     reader = PyAVReader(file, buffer_size=buffer_size, threads=False)
     try:
         return reader.info
-    finally:
-        reader.close()
-
-
-def count_packets(file: BinaryIO, *, deadline: Deadline | None = None) -> int:
-    """Count the first video stream's packets by demuxing (no decoding), for headers without a frame count."""
-    reader = PyAVReader(file, threads=False)
-    try:
-        n = 0
-        try:
-            for packet in reader.container.demux(reader.stream):
-                if deadline is not None:
-                    deadline.check()
-                n += packet.size > 0
-        except av.error.FFmpegError as exc:
-            raise VideoOpenError(f"truncated: demuxing stopped after {n} packets: {_reason(exc)}") from exc
-        return n
     finally:
         reader.close()
 

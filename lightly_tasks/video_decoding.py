@@ -15,29 +15,35 @@ Verdicts:
   ``missing`` (the header announces more frames than the stream holds: a truncated file) or ``timeout``;
 - a header count that disagrees with the stream is recorded on the video (``reason``) either way.
 
-Decoding runs in a worker thread per video and the caller waits at most ``timeout`` seconds for it: the
-worker's reads and frame loop check the same deadline, so a slow or endless video is cut off, keeps the
-frames it delivered, and the shard goes on with the next video.
+By default each video is decoded in a child process (:mod:`lightly_tasks.decoder_process`): a decoder that
+crashes (segfault, abort, OOM kill) makes that video ``corrupt`` with the reason ``decoder crashed (signal N,
+NAME)`` and the shard goes on with a fresh child; a video over its ``timeout`` has its child killed, keeps the
+frames it delivered, and the rest are listed with the reason ``timeout``. Without isolation (``isolate=False``)
+decoding runs in a worker thread per video whose reads and frame loop check the same deadline.
+
+A header without an exact frame count (Matroska/WebM, ``count_method`` "decoding pass") leaves the count to
+this pass, which demuxes every packet anyway: the stream's count is the video's frame count, and it is
+checked against the header's estimate (duration x frame rate).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from lightly_tasks import artifacts
-from lightly_tasks.decoding import CACHE_PART_SIZE, ordered_map, thumbnail
+from lightly_tasks.decoder_child import POST_WORKERS
+from lightly_tasks.decoder_process import STREAM_BLOCK_BYTES, DecoderProcess, IsolatedVideoJob
+from lightly_tasks.decoding import CACHE_PART_SIZE, ordered_map
 from lightly_tasks.frame_names import frame_key
-from lightly_tasks.metadata import working_copy, working_copy_metadata
+from lightly_tasks.frame_samples import FrameResult
+from lightly_tasks.frame_samples import frame_result as _frame_result
 from lightly_tasks.progress import Progress
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
 from lightly_tasks.storage import ByteCounter, Location, ObjectReadError
@@ -45,12 +51,10 @@ from lightly_tasks.video import DecodeStats, Frame, StreamInfo, VideoOpenError, 
 
 log = logging.getLogger(__name__)
 
-STREAM_BLOCK_BYTES = 4 * 2**20
-"""Ranged-read (read-ahead) size while streaming a video."""
+ESTIMATE_TOLERANCE = 0.02
+"""Relative slack (at least 2 frames) between a duration-based frame estimate and the stream's count."""
 QUEUE_FRAMES = 16
-"""Decoded frames buffered between the decoding thread and the writer."""
-POST_WORKERS = 2
-"""Threads computing frames' metadata, thumbnail and hash while the decoder goes on (they release the GIL)."""
+"""Decoded frames buffered between the decoding thread and the writer (in-process decoding)."""
 FRAME_COLUMNS = ["video_key", "frame_index", "frame_pts", "frame_time"]
 VIDEO_COLUMNS = [
     "key",
@@ -66,36 +70,6 @@ VIDEO_COLUMNS = [
     "bytes_read",
     "decode_seconds",
 ]
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    """One sampled frame after the pass: ``thumbnail`` (S, S, 3) uint8 and metadata when it is good."""
-
-    frame: Frame
-    content_hash: str | None
-    metadata: dict[str, Any]
-    thumbnail: np.ndarray | None
-
-
-def _frame_result(frame: Frame, image_size: int) -> FrameResult:
-    """Hash, metadata and thumbnail of a good frame, the way the image pass makes them.
-
-    As for images, the metadata is measured on the working copy (box-downscaled to <= 512 px) and the
-    thumbnail is resized from it when it is at least ``image_size`` on both sides.
-    """
-    if frame.rgb is None:
-        return FrameResult(frame, None, {}, None)
-    rgb = np.ascontiguousarray(frame.rgb)
-    image = Image.fromarray(rgb)
-    work = working_copy(image)
-    height, width = rgb.shape[:2]
-    return FrameResult(
-        frame,
-        hashlib.sha256(rgb.tobytes()).hexdigest(),
-        working_copy_metadata(work, width=width, height=height, size_in_bytes=frame.packet_size),
-        thumbnail(work if min(work.size) >= image_size else image, image_size),
-    )
 
 
 class VideoJob:
@@ -199,8 +173,17 @@ class VideoJob:
                 return
 
 
-def _video_verdict(header_frames: int | None, job: VideoJob, n_ok: int, n_bad: int) -> tuple[str, str | None]:
-    """(verdict, reason) of a decoded video: ok, partial (some bad frames) or corrupt (no usable frame)."""
+def _video_verdict(
+    header_frames: int | None, estimate: int | None, job: VideoJob | IsolatedVideoJob, n_ok: int, n_bad: int
+) -> tuple[str, str | None]:
+    """(verdict, reason) of a decoded video: ok, partial (some bad frames) or corrupt (no usable frame).
+
+    The stream's frame count is checked against the header's exact count where it has one, else against the
+    estimate from its duration and frame rate (:data:`ESTIMATE_TOLERANCE`). A video whose decoder crashed
+    is corrupt as a whole: the frames it delivered before came from a decoder in an undefined state.
+    """
+    if job_crashed(job):
+        return "corrupt", job.error
     notes = []
     stream_frames = job.stats.frames if job.stats else None
     if job.error:
@@ -211,6 +194,11 @@ def _video_verdict(header_frames: int | None, job: VideoJob, n_ok: int, n_bad: i
         notes.append(
             f"frame count mismatch: the header announces {header_frames}, the stream holds {stream_frames}"
         )
+    elif stream_frames is not None and header_frames is None and estimate_disagrees(estimate, stream_frames):
+        notes.append(
+            f"frame count mismatch: the header's duration and frame rate imply about {estimate} frames, "
+            f"the stream holds {stream_frames}"
+        )
     if n_bad:
         notes.append(f"{n_bad} bad frame(s)")
     if n_ok == 0:
@@ -220,6 +208,18 @@ def _video_verdict(header_frames: int | None, job: VideoJob, n_ok: int, n_bad: i
             notes.insert(0, "no usable frame")
         return "corrupt", "; ".join(notes)
     return ("partial" if notes else "ok"), ("; ".join(notes) or None)
+
+
+def job_crashed(job: VideoJob | IsolatedVideoJob) -> bool:
+    """Whether ``job``'s decoder process died on its video."""
+    return getattr(job, "crashed", False)
+
+
+def estimate_disagrees(estimate: int | None, stream_frames: int) -> bool:
+    """Whether a stream's frame count is off its header estimate by more than :data:`ESTIMATE_TOLERANCE`."""
+    if estimate is None:
+        return False
+    return abs(stream_frames - estimate) > max(2.0, ESTIMATE_TOLERANCE * estimate)
 
 
 def decode_videos(
@@ -233,6 +233,7 @@ def decode_videos(
     backend: str,
     counter: ByteCounter,
     max_object_bytes: int | None = None,
+    isolate: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the pass over ``videos`` (frame-counting rows of one shard); write the cache parts to ``cache``.
 
@@ -241,8 +242,36 @@ def decode_videos(
     ``reason``, ``content_hash``, ``cache_part``/``cache_row``, :data:`FRAME_COLUMNS` and the metadata.
     ``verdicts`` has one row per video (:data:`VIDEO_COLUMNS`). With the decord backend, which holds a
     whole video in memory, a video listed as larger than ``max_object_bytes`` is judged "too large" unread;
-    PyAV streams and has no such limit.
+    PyAV streams and has no such limit. With ``isolate`` (the default) each video is decoded in a child
+    process (:mod:`lightly_tasks.decoder_process`), so a decoder crash is that video's verdict.
     """
+    options = {
+        "image_size": image_size,
+        "stride": stride,
+        "timeout": timeout,
+        "backend": backend,
+        "counter": counter,
+        "max_object_bytes": max_object_bytes,
+    }
+    if not isolate:
+        return _decode_videos(datasource, videos, cache, None, **options)
+    with DecoderProcess() as process:
+        return _decode_videos(datasource, videos, cache, process, **options)
+
+
+def _decode_videos(
+    datasource: Location,
+    videos: pd.DataFrame,
+    cache: Location,
+    process: DecoderProcess | None,
+    *,
+    image_size: int,
+    stride: int,
+    timeout: float | None,
+    backend: str,
+    counter: ByteCounter,
+    max_object_bytes: int | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows: list[dict[str, Any]] = []
     verdicts: list[dict[str, Any]] = []
     part: list[np.ndarray] = []
@@ -259,6 +288,8 @@ def decode_videos(
         key = video["key"]
         listing = {c: video[c] for c in listing_columns}
         header_frames = None if pd.isna(video.get("frames")) else int(video["frames"])
+        estimate = video.get("frames_estimate")
+        estimate = None if estimate is None or pd.isna(estimate) else int(estimate)
         size = None if pd.isna(video.get("size")) else int(video["size"])
         unread = video["header_error"] if isinstance(video.get("header_error"), str) else None
         too_large = max_object_bytes is not None and size is not None and size > max_object_bytes
@@ -273,17 +304,21 @@ def decode_videos(
             verdicts.append({"key": key, "verdict": "corrupt", "reason": unread, "bytes_read": 0})
             continue
         own = ByteCounter()
-        job = VideoJob(
-            datasource,
-            key,
-            size=size,
-            backend=backend,
-            stride=stride,
-            image_size=image_size,
-            timeout=timeout,
-            counter=own,
+        options = {
+            "size": size,
+            "backend": backend,
+            "stride": stride,
+            "image_size": image_size,
+            "timeout": timeout,
+            "counter": own,
+        }
+        job = (
+            VideoJob(datasource, key, **options)
+            if process is None
+            else IsolatedVideoJob(process, datasource, key, **options)
         )
-        progress = Progress(f"decode {key}", -(-(header_frames or 0) // stride), unit="frames", logger=log)
+        expected = header_frames or estimate or 0
+        progress = Progress(f"decode {key}", -(-expected // stride), unit="frames", logger=log)
         n_ok = n_bad = n_samples = 0
         last_index = -1
         for result in job:
@@ -306,7 +341,7 @@ def decode_videos(
         counter.add(own.total)
         # frames the header announces that the stream never delivered (truncated file, timeout)
         delivered = job.stats.frames if job.stats else last_index + 1
-        if header_frames and delivered < header_frames and job.info is not None:
+        if header_frames and delivered < header_frames and job.info is not None and not job_crashed(job):
             why = (
                 job.error
                 or f"missing: the header announces {header_frames} frames, the stream ends after {delivered}"
@@ -316,8 +351,9 @@ def decode_videos(
             rows.extend(_row(key, listing, index, None, None, why) for index in missing)
             n_bad += len(missing)
             n_samples += len(missing)
-        verdict, reason = _video_verdict(header_frames, job, n_ok, n_bad)
-        if verdict == "corrupt":
+        verdict, reason = _video_verdict(header_frames, estimate, job, n_ok, n_bad)
+        if verdict == "corrupt":  # its frames are dropped (after a decoder crash, also ones that decoded)
+            n_ok = 0
             rows[:] = [r for r in rows if r["video_key"] != key]
             rows.append(_video_row(key, listing, reason or "corrupt"))
             log.warning("corrupt video: %s: %s", key, reason)

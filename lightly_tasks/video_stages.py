@@ -15,10 +15,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from lightly_tasks import artifacts
-from lightly_tasks.frame_counting import count_videos
+from lightly_tasks.frame_counting import DEFERRED, balance_shards, count_videos, decoding_work
 from lightly_tasks.frame_dump import dump_frames
 from lightly_tasks.sequences import sequence_information
 from lightly_tasks.storage import ByteCounter, Location
@@ -28,17 +29,29 @@ if TYPE_CHECKING:
     from lightly_tasks.pipeline import Manifest, RunContext
 
 VIDEOS_TABLE = "frame_counting/videos.parquet"
+VIDEO_REPORT_TABLE = "corruptness/videos.parquet"
 UNREAD_PREFIXES = ("missing:", "read error:")
 """Reasons of videos that were not (fully) read: left out of the datapool so the next run retries them."""
 
 
 def frame_counting_stage(ctx: RunContext) -> Manifest:
-    """Count every listed video's frames from its header; writes ``frame_counting/videos.parquet``."""
+    """Count every listed video's frames from its header; writes ``frame_counting/videos.parquet``.
+
+    The listing split the videos into shards by count; knowing their frames now, this stage reassigns them
+    to the same number of shards by decoding work (:func:`~lightly_tasks.frame_counting.balance_shards`),
+    so the mapped decoding tasks take about equally long.
+    """
     started = time.monotonic()
     objects = artifacts.read_table(ctx.run, "list/objects.parquet")
     counter = ByteCounter()
     table = count_videos(ctx.datasource, objects, counter, timeout=ctx.config.video.timeout_seconds)
+    n_shards = int(objects["shard"].max()) + 1 if len(objects) else 0
+    work = decoding_work(table) if len(table) else np.zeros(0)
+    if len(table):
+        table["shard"] = balance_shards(work, n_shards)
     uri = artifacts.write_table(ctx.run, VIDEOS_TABLE, table)
+    estimates = table["frames_estimate"].astype("float64").fillna(0).to_numpy() if len(table) else None
+    shard_work = np.bincount(table["shard"], weights=work, minlength=n_shards) if len(table) else np.zeros(0)
     video_bytes = int(objects["size"].sum()) if len(objects) else 0
     methods = table["count_method"].value_counts().to_dict() if len(table) else {}
     manifest = {
@@ -46,6 +59,13 @@ def frame_counting_stage(ctx: RunContext) -> Manifest:
         "videos_uri": uri,
         "n_videos": len(table),
         "n_frames": int(table["frames"].fillna(0).sum()) if len(table) else 0,
+        "n_frames_estimated": int(table.loc[table["frames"].isna(), "frames_estimate"].fillna(0).sum())
+        if len(table)
+        else 0,
+        "shard_frames": [int(f) for f in np.bincount(table["shard"], weights=estimates, minlength=n_shards)]
+        if len(table)
+        else [],
+        "shard_balance": round(float(shard_work.max() / shard_work.mean()), 3) if shard_work.sum() else None,
         "n_unreadable": int(table["header_error"].notna().sum()) if len(table) else 0,
         "count_methods": {str(k): int(v) for k, v in methods.items()},
         "video_bytes": video_bytes,
@@ -77,6 +97,7 @@ def corruptness_stage(ctx: RunContext, shard: int) -> Manifest:
         backend=cfg.video.backend,
         counter=counter,
         max_object_bytes=cfg.max_object_bytes,
+        isolate=cfg.video.isolate_decoder,
     )
     uri = artifacts.write_table(ctx.run, f"corruptness/shard-{shard:05d}.parquet", frames)
     videos_uri = artifacts.write_table(ctx.run, f"corruptness/videos-shard-{shard:05d}.parquet", verdicts)
@@ -101,11 +122,19 @@ def corruptness_stage(ctx: RunContext, shard: int) -> Manifest:
 
 
 def video_verdicts(ctx: RunContext, shards: Sequence[int]) -> pd.DataFrame:
-    """The per-video verdicts of all shards, joined to the frame-counting table (one row per video)."""
+    """The per-video verdicts of all shards, joined to the frame-counting table (one row per video).
+
+    ``frames_counted`` is the exact frame count: the header's, or for a header without one (count method
+    "decoding pass") the number of frames the decoding pass demuxed.
+    """
     tables = [artifacts.read_table(ctx.run, f"corruptness/videos-shard-{s:05d}.parquet") for s in shards]
     verdicts = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["key"])
     counted = artifacts.read_table(ctx.run, VIDEOS_TABLE)
-    return counted.merge(verdicts, on="key", how="left", validate="one_to_one")
+    videos = counted.merge(verdicts, on="key", how="left", validate="one_to_one")
+    deferred = videos["count_method"] == DEFERRED
+    stream = pd.to_numeric(videos["stream_frames"], errors="coerce").astype("Int64")
+    videos["frames_counted"] = videos["frames"].astype("Int64").where(~deferred, stream)
+    return videos
 
 
 def processed_videos(videos: pd.DataFrame) -> pd.DataFrame:
@@ -138,16 +167,21 @@ def dump(
 
 def report_sections(ctx: RunContext, selected: pd.DataFrame, videos: pd.DataFrame) -> dict[str, Any]:
     """What a video run adds to ``report.json``: ``videos`` (counts, verdicts, backends) and
-    ``sequence_information`` (the selected sequences, as the Lightly Worker reports them)."""
+    ``sequence_information`` (the selected sequences, as the Lightly Worker reports them). The per-video
+    table (listing, header facts, exact frame count, verdict, reason, bytes) is written to
+    :data:`VIDEO_REPORT_TABLE` and named by ``videos.table``."""
     verdict = videos["verdict"].fillna("corrupt") if len(videos) else pd.Series(dtype=object)
     problems = videos.loc[verdict != "ok", ["key", "verdict", "reason"]] if len(videos) else videos
+    table = videos.drop(columns=["keyframes"], errors="ignore")
     return {
         "videos": {
+            "table": artifacts.write_table(ctx.run, VIDEO_REPORT_TABLE, table),
             "nVideos": len(videos),
             "nOk": int((verdict == "ok").sum()),
             "nPartial": int((verdict == "partial").sum()),
             "nCorrupt": int((verdict == "corrupt").sum()),
             "nFramesHeader": int(videos["frames"].fillna(0).sum()) if len(videos) else 0,
+            "nFramesCounted": int(videos["frames_counted"].fillna(0).sum()) if len(videos) else 0,
             "nFramesDecoded": int(videos["stream_frames"].fillna(0).sum()) if len(videos) else 0,
             "frameStride": ctx.config.video.frame_stride,
             "backends": {str(k): int(v) for k, v in videos["backend"].value_counts().items()}

@@ -30,7 +30,7 @@ os.environ.pop("LIGHTLY_STORE_URL", None)
 os.environ.pop("LIGHTLY_ARTIFACTS_ROOT", None)
 sys.path.insert(0, str(REPO / "plugins"))
 
-pytest_plugins = ["tests.postgres_server", "tests.s3_server"]
+pytest_plugins = ["tests.postgres_server", "tests.s3_server", "tests.cloud_emulators"]
 
 
 @pytest.fixture(scope="session")

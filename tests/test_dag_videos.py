@@ -105,7 +105,7 @@ def test_first_run_counts_videos_and_frames(scenario):
     assert summary["nCorrupt"] == len(demo.broken)
     assert summary["nPartial"] == len(demo.damaged) + len(demo.truncated)
     assert summary["backends"] == {"pyav": n_videos - len(demo.broken)}
-    assert summary["countMethods"] == {"mp4 header": 5, "container header": 1, "demux": 2}
+    assert summary["countMethods"] == {"mp4 header": 5, "container header": 1, "decoding pass": 2}
     assert report["datasetSizes"]["nSelected"] == N_SAMPLES
     frame_counting = report["stages"]["frame_counting"]
     assert 0 < frame_counting["bytesRead"] < report["traffic"]["datasourceBytes"]
@@ -191,9 +191,10 @@ def test_rerun_processes_only_new_and_changed_videos(scenario):
 def s3_scenario(tmp_path_factory, airflow_db, s3) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("videos-s3")
     folder = root / "videos"
-    demo = build_demo_videos(folder)
+    demo = build_demo_videos(folder, width=160, height=120, noise=12.0)  # realistic bitrates for byte ratios
     bucket = s3.new_bucket("videos")
     uploaded = s3.upload_folder(folder, bucket, "raw/")
+    s3.upload_folder(folder, bucket, "elsewhere/", keys=["cams/street_01.mp4"])  # outside the prefix
     conf = {
         "datasource": {"uri": f"s3://{bucket}/raw"},
         "dataset": "vids",
@@ -226,3 +227,37 @@ def test_s3_videos_are_read_with_ranged_gets_and_counted_exactly(s3_scenario):
     assert sum(e.response_body_bytes for e in gets) == report["traffic"]["bytesRead"]
     assert report["stages"]["frame_counting"]["bytesRead"] < report["traffic"]["datasourceBytes"]
     assert len(list((s3_scenario["root"] / "dump").rglob("*.png"))) == 6
+    assert not [e for e in s3_scenario["exchanges"] if e.key.startswith("elsewhere/")], "only the prefix is read"
+
+
+def test_s3_run_meets_the_issues_done_when(s3_scenario):
+    """Exact frame counts, every broken video/frame with a reason, n_samples frames, <= 1.2x bytes in total
+    (without the dump) and <= 5% of the MP4/MOV bytes to count their frames."""
+    report = _report(s3_scenario["root"], s3_scenario["run"].run_id)
+    demo = s3_scenario["demo"]
+    videos = pd.read_parquet(report["videos"]["table"].removeprefix("file://")).set_index("key")
+    for key, frames in {**demo.good, **dict.fromkeys(demo.damaged, 40)}.items():
+        assert videos.at[key, "frames_counted"] == videos.at[key, "stream_frames"] == frames, key
+    assert set(videos.loc[videos["count_method"] == "decoding pass"].index) == {"drone/field.mkv", "drone/lake.webm"}
+    for key, frames in demo.truncated.items():
+        assert videos.at[key, "frames_counted"] == frames > videos.at[key, "stream_frames"]
+        assert "frame count mismatch" in videos.at[key, "reason"]
+    for key, prefix in demo.broken.items():
+        assert videos.at[key, "verdict"] == "corrupt" and videos.at[key, "reason"].startswith(prefix), key
+    not_ok = videos[videos["verdict"] != "ok"]
+    assert set(not_ok.index) == {*demo.broken, *demo.damaged, *demo.truncated}
+    assert not_ok["reason"].notna().all()
+    reasons = pd.read_parquet(report["outputs"]["corrupt_reasons"].removeprefix("file://")).set_index("key")
+    for key, index in demo.damaged.items():
+        assert reasons.at[f"{key.removesuffix('.mp4')}-{index:06d}-mp4.png", "reason"].startswith("undecodable")
+    assert reasons["reason"].notna().all()
+    assert report["datasetSizes"]["nSelected"] == 6
+    total = report["traffic"]["datasourceBytes"]
+    without_dump = sum(s["bytesRead"] for name, s in report["stages"].items() if name != "upload")
+    assert without_dump <= 1.2 * total, without_dump / total
+    mp4 = videos[videos.index.str.endswith((".mp4", ".mov"))]
+    assert mp4["header_bytes"].sum() <= 0.05 * mp4["size"].sum(), mp4["header_bytes"].sum() / mp4["size"].sum()
+    print(
+        f"done-when figures: whole run {report['traffic']['bytesRead'] / total:.4f}x (without dump "
+        f"{without_dump / total:.4f}x), MP4/MOV frame counting {mp4['header_bytes'].sum() / mp4['size'].sum():.4%}"
+    )

@@ -25,8 +25,9 @@ TASKS = {
     "selection",
     "metadata",
     "upload",
+    "release_lease",
 }
-MAPPED = {"corruptness", "embedding"}
+MAPPED = {"corruptness", "embedding", "pretagging"}
 
 
 @pytest.fixture(scope="module")

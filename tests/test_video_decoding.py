@@ -114,7 +114,7 @@ def test_slow_video_is_cut_off_and_keeps_its_frames(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(video_decoding, "_frame_result", slow)
     started = time.monotonic()
-    frames, verdicts = _decode(tmp_path / "v", tmp_path / "cache", timeout=1.0)
+    frames, verdicts = _decode(tmp_path / "v", tmp_path / "cache", timeout=1.0, isolate=False)
     assert time.monotonic() - started < 5
     verdicts = verdicts.set_index("key")
     assert verdicts.at["a_slow.mp4", "verdict"] == "partial"
@@ -139,7 +139,7 @@ def test_hanging_decoder_does_not_hang_the_shard(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(video_decoding, "_frame_result", hang)
     try:
-        frames, verdicts = _decode(tmp_path / "v", tmp_path / "cache", timeout=0.5)
+        frames, verdicts = _decode(tmp_path / "v", tmp_path / "cache", timeout=0.5, isolate=False)
     finally:
         release.set()
     verdicts = verdicts.set_index("key")

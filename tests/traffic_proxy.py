@@ -4,13 +4,15 @@ Every request and response passes through unchanged and is recorded with its met
 the bytes that crossed the socket each way. Tests and the traffic benchmark use it to measure what really went
 over the network, independently of the pipeline's own byte counters. Faults (an S3 error response, a reset
 connection, a response cut off mid-body) can be injected for matching requests to exercise retries and error
-messages. Path-style S3 addressing (what botocore uses for an ``http://127.0.0.1:PORT`` endpoint) is assumed
-for telling buckets apart.
+messages. Buckets and keys are told apart by the upstream's URL style: path-style S3 (what botocore uses for an
+``http://127.0.0.1:PORT`` endpoint; the default), the GCS JSON API (``style="gcs"``) or path-style Azure Blob
+(``style="azure"``, ``/account/container/blob`` as Azurite serves it).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import socketserver
 import struct
@@ -18,7 +20,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -77,8 +79,11 @@ class Fault:
 class TrafficProxy:
     """Forward ``127.0.0.1:<port>`` to ``upstream`` and record every exchange; use as a context manager."""
 
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", style: str = "s3") -> None:
+        if style not in _ADDRESS_STYLES:
+            raise ValueError(f"unknown address style {style!r}; one of {sorted(_ADDRESS_STYLES)}")
         self.upstream = (upstream_host, upstream_port)
+        self.style = style
         self._exchanges: list[Exchange] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -156,7 +161,7 @@ class TrafficProxy:
                 if not head:
                     return
                 method, target, headers = _parse_head(head)
-                bucket, key, query = _bucket_key(target)
+                bucket, key, query = _ADDRESS_STYLES[self.style](target)
                 byte_range = headers.get("range", "")
                 exchange = functools.partial(Exchange, method, bucket, key, query, byte_range=byte_range)
                 if headers.get("expect", "").lower() == "100-continue":
@@ -171,7 +176,7 @@ class TrafficProxy:
                     _reset(client)
                     return
                 if fault is not None and fault.kind == "status":
-                    error_head, error_body = _error_response(fault.status, fault.code, bucket, key)
+                    error_head, error_body = _error_response(fault.status, fault.code, bucket, key, self.style)
                     error_body = b"" if method == "HEAD" else error_body
                     self._record(exchange(fault.status, len(request), len(error_head), len(error_body)))
                     client.sendall(error_head + error_body)
@@ -285,8 +290,39 @@ def _bucket_key(target: str) -> tuple[str, str, str]:
     return bucket, key, parts.query
 
 
-def _error_response(status: int, code: str, bucket: str, key: str) -> tuple[bytes, bytes]:
-    """Head and body of an S3 error document (the head announces the body even for HEAD, as S3 does)."""
+def _gcs_bucket_key(target: str) -> tuple[str, str, str]:
+    """GCS JSON API: ``[/download|/upload]/storage/v1/b/BUCKET[/o[/KEY]]``; an upload's key is its ``name``."""
+    parts = urlsplit(target)
+    path = unquote(parts.path)
+    for lead in ("/download", "/upload"):
+        path = path.removeprefix(lead)
+    rest = path.removeprefix("/storage/v1/b/")
+    bucket, _, objects = rest.partition("/")
+    key = objects.removeprefix("o").removeprefix("/")
+    if not key:
+        key = dict(parse_qsl(parts.query)).get("name", "")
+    return bucket, key, parts.query
+
+
+def _azure_bucket_key(target: str) -> tuple[str, str, str]:
+    """Path-style Azure Blob: ``/ACCOUNT/CONTAINER[/BLOB]``."""
+    parts = urlsplit(target)
+    _account, _, rest = unquote(parts.path).lstrip("/").partition("/")
+    container, _, blob = rest.partition("/")
+    return container, blob, parts.query
+
+
+_ADDRESS_STYLES = {"s3": _bucket_key, "gcs": _gcs_bucket_key, "azure": _azure_bucket_key}
+
+
+def _error_response(status: int, code: str, bucket: str, key: str, style: str = "s3") -> tuple[bytes, bytes]:
+    """Head and body of an error document in the upstream's style (the head announces the body even for HEAD)."""
+    if style == "gcs":
+        body = json.dumps({"error": {"code": status, "message": f"{code}: injected by the test proxy"}}).encode()
+        head = (
+            f"HTTP/1.1 {status} {code}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        return head, body
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>injected by the test proxy</Message>"
@@ -294,7 +330,7 @@ def _error_response(status: int, code: str, bucket: str, key: str) -> tuple[byte
     ).encode()
     head = (
         f"HTTP/1.1 {status} {code}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
-        "x-amz-request-id: proxy\r\n\r\n"
+        f"x-amz-request-id: proxy\r\nx-ms-error-code: {code}\r\n\r\n"
     ).encode()
     return head, body
 

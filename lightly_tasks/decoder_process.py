@@ -1,0 +1,240 @@
+"""Decode videos in a child process, so that a decoder crash or hang costs one video, not the shard.
+
+FFmpeg (under PyAV and decord) is C code fed with untrusted bytes: a malformed video can make it segfault,
+abort or allocate until the kernel's OOM killer steps in, and a thread cannot be stopped while it is stuck in C.
+:class:`DecoderProcess` runs the decoder in a child (``python -m lightly_tasks.decoder_process``, started once
+per shard and again after each crash); the parent keeps everything else:
+
+- **I/O and accounting**: the child has no datasource connection or credentials. It reads the video through
+  :class:`PipeFile`, whose ``read``/``seek`` are requests the parent serves from its own byte-counted,
+  deadline-checked :class:`~lightly_tasks.ranged_file.CountedFile`, so bytes are counted exactly as before.
+- **Results**: the child decodes, computes each sampled frame's hash, metadata and thumbnail
+  (:func:`~lightly_tasks.frame_samples.frame_result`) and sends back small :class:`FrameResult` records
+  (thumbnails, never full-resolution frames).
+- **Verdicts**: when the child dies (end of file on its pipe), the video gets the reason
+  ``decoder crashed (signal N, NAME)`` and the next video starts a fresh child; when the per-video time limit
+  runs out, the parent kills the child (a hang in C code included) and records the timeout.
+
+The child's side is :mod:`lightly_tasks.decoder_child` (lean imports: PyAV, numpy, PIL; it starts in well under
+a second). A child announces ``ready`` after its imports; the per-video time limit starts after that.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+from lightly_tasks.frame_samples import FrameResult
+from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
+from lightly_tasks.storage import ByteCounter, Location, ObjectReadError
+from lightly_tasks.video import DecodeStats, StreamInfo
+
+log = logging.getLogger(__name__)
+
+STARTUP_SECONDS = 120.0
+"""How long a fresh child may take to import its modules (a loaded worker is slow, not broken)."""
+STREAM_BLOCK_BYTES = 4 * 2**20
+"""Ranged-read (read-ahead) size of the parent's file while a child streams a video."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``signal 11, SIGSEGV`` for a child killed by a signal, ``exit status N`` otherwise."""
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"signal {-returncode}, {name}"
+    return f"exit status {returncode}"
+
+
+class DecoderProcess:
+    """One decoder child at a time: started on first use, replaced after it died or was killed."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._to_child: Connection | None = None
+        self._from_child: Connection | None = None
+        self.starts = 0
+
+    def connections(self) -> tuple[Connection, Connection]:
+        """(to child, from child) of a running child, starting one if none runs."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._discard()
+            self._start()
+        assert self._to_child is not None and self._from_child is not None
+        return self._to_child, self._from_child
+
+    def _start(self) -> None:
+        child_in, parent_out = os.pipe()
+        parent_in, child_out = os.pipe()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "lightly_tasks.decoder_child", str(child_in), str(child_out)],
+                pass_fds=(child_in, child_out),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        self._to_child = Connection(parent_out, readable=False)
+        self._from_child = Connection(parent_in, writable=False)
+        self.starts += 1
+        try:
+            ready = self._from_child.poll(STARTUP_SECONDS) and self._from_child.recv() == ("ready",)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.kill()
+            raise RuntimeError(f"the video decoder process did not start within {STARTUP_SECONDS:g}s")
+
+    def exit_reason(self) -> str:
+        """Why the child ended (waits for it): ``decoder crashed (signal 11, SIGSEGV)``."""
+        assert self._proc is not None
+        try:
+            returncode = self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self._proc.returncode
+        self._discard()
+        return f"decoder crashed ({describe_exit(returncode)})"
+
+    def kill(self) -> None:
+        """Stop the child now (a timeout); the next video starts a fresh one."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._discard()
+
+    def _discard(self) -> None:
+        for conn in (self._to_child, self._from_child):
+            if conn is not None:
+                conn.close()
+        self._to_child = self._from_child = None
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+
+    def close(self) -> None:
+        """Ask the child to exit, and kill it if it does not."""
+        if self._proc is not None and self._proc.poll() is None and self._to_child is not None:
+            try:
+                self._to_child.send(("exit",))
+                self._proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        self._proc = None
+
+    def __enter__(self) -> DecoderProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class IsolatedVideoJob:
+    """Decode one video in ``process``'s child; the same interface as the in-process ``VideoJob``.
+
+    Iterate for the sampled frames' results; afterwards ``info``, ``stats`` (None if the decode did not
+    finish), ``error`` (why it stopped early) and ``crashed`` (the child died on this video).
+    """
+
+    def __init__(
+        self,
+        process: DecoderProcess,
+        location: Location,
+        key: str,
+        *,
+        size: int | None,
+        backend: str,
+        stride: int,
+        image_size: int,
+        timeout: float | None,
+        counter: ByteCounter,
+    ) -> None:
+        self.process, self.location, self.key, self.size = process, location, key, size
+        self.backend, self.stride, self.image_size = backend, stride, image_size
+        self.timeout, self.counter = timeout, counter
+        self.info: StreamInfo | None = None
+        self.stats: DecodeStats | None = None
+        self.error: str | None = None
+        self.crashed = False
+        self._deadline = Deadline(timeout)
+        self._read_error: str | None = None
+        self._connections: tuple[Connection, Connection] | None = None
+
+    def _timed_out(self) -> None:
+        self.process.kill()
+        self.error = f"timeout: not decoded within video.timeout_seconds={self.timeout:g}"
+
+    def _serve(self, f: io.RawIOBase, request: tuple[Any, ...]) -> tuple[str, Any]:
+        """The reply to the child's ``read``/``seek`` request (``ioerror`` with a reason on failure)."""
+        try:
+            if request[0] == "read":
+                return "data", f.read(request[1])
+            return "pos", f.seek(request[1], request[2])
+        except DeadlineExceeded:
+            raise
+        except FileNotFoundError:
+            self._read_error = "missing: the object disappeared after listing"
+        except (ObjectReadError, OSError) as exc:
+            self._read_error = f"read error: {type(exc).__name__}: {exc}"
+        return "ioerror", self._read_error
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        self._connections = self.process.connections()  # a fresh child's start is not the video's time
+        self._deadline = Deadline(self.timeout)
+        try:
+            with open_counted(
+                self.location,
+                self.key,
+                size=self.size,
+                counter=self.counter,
+                block_size=STREAM_BLOCK_BYTES,
+                deadline=self._deadline,
+            ) as f:
+                yield from self._exchange(f)
+        except DeadlineExceeded:
+            self._timed_out()
+        except FileNotFoundError:
+            self.error = "missing: the object disappeared after listing"
+        except (ObjectReadError, OSError) as exc:
+            self.error = f"read error: {type(exc).__name__}: {exc}"
+
+    def _exchange(self, f: io.RawIOBase) -> Iterator[FrameResult]:
+        assert self._connections is not None
+        to_child, from_child = self._connections
+        spec = {"key": self.key, "backend": self.backend, "stride": self.stride, "image_size": self.image_size}
+        try:
+            to_child.send(("decode", spec))
+            while True:
+                if not from_child.poll(self._deadline.remaining()):
+                    self._timed_out()
+                    return
+                message = from_child.recv()
+                kind = message[0]
+                if kind in ("read", "seek"):
+                    to_child.send(self._serve(f, message))
+                elif kind == "info":
+                    self.info = message[1]
+                elif kind == "frame":
+                    yield message[1]
+                elif kind == "end":  # a read failure may also end a stream early: the parent knows why
+                    self.stats, self.error = message[1], self._read_error
+                    return
+                else:
+                    self.error = self._read_error or message[1]
+                    return
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self.crashed = True
+            self.error = self.process.exit_reason()
+            log.error("decoding %s: %s", self.key, self.error)

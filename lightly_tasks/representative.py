@@ -1,0 +1,329 @@
+"""Coverage-capped representative selection: k-center's coverage radius with facility location's typical picks.
+
+Farthest-first (k-center) selection covers the space best but its picks are the outliers; facility location
+and k-means pick typical points but leave the sparse regions far from any pick. This module keeps both:
+
+**Objective.** Pick ``S`` (k of the N candidates) to minimise the total distance of the candidates to their
+nearest pick or existing sample, ``sum_x d(x, S + E)`` (the k-median cost; the same as maximising facility
+location with similarity ``C - d``), subject to the coverage cap ``max_x d(x, S + E) <= R``, where
+``R = (1 + radius_slack) * r`` and ``r`` is the coverage radius of the farthest-first traversal
+(:func:`lightly_tasks.selection.kcenter_greedy`) with the same ``k`` and existing samples ``E``. With the
+default slack 0 the result never covers worse than k-center (up to float32 rounding).
+
+**Algorithm.** Start from the farthest-first picks (feasible by construction), then improve them by swaps
+(one pick out, one candidate in) that lower the cost and keep the cap, in rounds, as in PAM / FasterPAM
+but without the N x N matrix. Every candidate keeps its nearest and second-nearest centre (picks and
+existing samples) and the distances to them. In a round, each cluster (the candidates nearest to one
+centre) proposes ``per_cluster`` candidates of its own (half nearest to its mean, half drawn with
+``seed``), and the change of cost of swapping one in for any pick is computed against the members of the
+``neighbours`` clusters whose centres are nearest, plus the exact removal cost of every other pick. Points
+outside that neighbourhood are treated as not gaining, so a computed improvement is a lower bound on the
+true one and a computed cap check is conservative: an accepted swap never breaks the cap. Each cluster's
+best improving swap is collected; those whose neighbourhoods do not overlap are applied together, the
+nearest centres are updated incrementally, and the round is checked (cost lower, cap kept); if not, only
+the single best swap is applied (exactly valid). The search stops when no swap improves the cost by more
+than ``1e-6`` of it, or after ``max_rounds``. Existing samples are centres that are never removed: they
+cover and represent candidates, so the picks go where the dataset lacks samples. Deterministic for a seed
+(the same machine and thread count).
+
+**Complexity** (N candidates, M existing, k picks, D dimensions, L = ``neighbours``, m = ``per_cluster``):
+the farthest-first start (see selection.py), one nearest-two-centres pass ``O(N (M + k) D)`` (faiss), then
+per round ``O(N m L D)`` for the proposals plus ``O((N b + n_a (M + k)) D)`` for the update, where b is
+the number of swaps applied and n_a the candidates whose nearest two centres were swapped out.
+**Memory**: the farthest-first engine's (~60 bytes per candidate) then 16 bytes per candidate (nearest two
+centres and distances) plus 8 for the cluster order and blocks of at most ``chunk_size`` rows; no N x N
+matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lightly_tasks.selection import StoppingCondition, kcenter_greedy
+
+# A swap must lower the cost by more than this share of it to count as an improvement.
+_REL_TOL = 1e-6
+# Entries of a candidates x centres distance block (16 MiB of float32).
+_BLOCK_FLOATS = 1 << 22
+# Relative float32 margin on the cap when the round check compares the radius with it.
+_CAP_SLACK = 1e-5
+
+
+@dataclass(frozen=True)
+class Representatives:
+    """The picks of :func:`representative_greedy` and what they achieve.
+
+    ``indices`` (k,) int64 into the candidates, the pick representing most candidates first; ``members``
+    (k,) int64 how many candidates each represents (nearest to it; ties to the lower centre); ``radius``
+    the largest distance of a candidate to its nearest pick or existing sample; ``kcenter_radius`` that of
+    the farthest-first start; ``cap`` the radius the search kept to; ``mean_distance`` the mean distance
+    of a candidate to its nearest pick or existing sample; ``rounds`` and ``swaps`` of the search.
+    """
+
+    indices: np.ndarray
+    members: np.ndarray
+    radius: float
+    kcenter_radius: float
+    cap: float
+    mean_distance: float
+    rounds: int
+    swaps: int
+
+
+def representative_greedy(
+    candidates: np.ndarray,
+    *,
+    n_samples: int,
+    existing: np.ndarray | None = None,
+    radius_slack: float = 0.0,
+    neighbours: int = 8,
+    per_cluster: int = 8,
+    max_rounds: int = 50,
+    seed: int = 0,
+    chunk_size: int = 65536,
+) -> Representatives:
+    """Pick ``n_samples`` of ``candidates`` (N, D) that represent them best within k-center's coverage radius.
+
+    ``existing`` (M, D) are the samples already in the dataset: they cover and represent candidates and are
+    never removed. ``radius_slack`` >= 0 lets the radius exceed farthest-first's by that fraction in exchange
+    for more typical picks. ``neighbours`` and ``per_cluster`` set how wide each round searches (see the
+    module docstring); ``chunk_size`` caps the rows handled at once. Asking for N or more picks selects all.
+    """
+    if n_samples < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    if not radius_slack >= 0:
+        raise ValueError(f"radius_slack must be >= 0, got {radius_slack}")
+    if neighbours < 1 or per_cluster < 1 or max_rounds < 0 or chunk_size < 1:
+        raise ValueError("neighbours, per_cluster and chunk_size must be positive and max_rounds >= 0")
+    x = np.ascontiguousarray(candidates, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"candidates must be 2-D (rows, D), got shape {x.shape}")
+    e = np.empty((0, x.shape[1]), np.float32) if existing is None else np.ascontiguousarray(existing, np.float32)
+    if e.ndim != 2 or e.shape[1] != x.shape[1]:
+        raise ValueError(f"existing must be 2-D with dimension {x.shape[1]}, got shape {e.shape}")
+    k = min(n_samples, len(x))
+    start = kcenter_greedy(x, existing=e if len(e) else None, stop=StoppingCondition(n_samples=k))
+    search = _Search(x, e, start.indices, chunk_size)
+    r0 = float(search.d1.max()) if len(x) else 0.0
+    cap = r0 * (1 + radius_slack)
+    rounds = swaps = 0
+    if 0 < k < len(x):
+        for rounds in range(1, max_rounds + 1):
+            applied = search.round(cap, neighbours, per_cluster, np.random.default_rng((seed, rounds)))
+            swaps += applied
+            if not applied:
+                break
+    return search.result(r0, cap, rounds, swaps)
+
+
+def _run_sums(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Row sums (m, len(starts)) of ``values`` (m, n) over the column runs ``[starts[i], ends[i])``."""
+    total = np.zeros((len(values), values.shape[1] + 1), np.float64)
+    np.cumsum(values, axis=1, out=total[:, 1:])
+    return total[:, ends] - total[:, starts]
+
+
+class _Search:
+    """Centres (existing samples first, then the picks) and every candidate's nearest two of them.
+
+    ``a1``/``a2`` (N,) int32 centre numbers (-1: none), ``d1``/``d2`` (N,) float32 distances to them
+    (``inf`` when there is no such centre); ``slot_of`` (N,) is not kept: ``picks`` (k,) holds the candidate
+    index of each pick, centre ``M + i`` being ``picks[i]``.
+    """
+
+    def __init__(self, x: np.ndarray, existing: np.ndarray, picks: np.ndarray, chunk_size: int) -> None:
+        self.x, self.m, self.chunk = x, len(existing), chunk_size
+        self.picks = picks.astype(np.int64)
+        self.centres = np.concatenate([existing, x[self.picks]]) if len(existing) else x[self.picks].copy()
+        self.sq = np.einsum("ij,ij->i", x, x)
+        self.is_pick = np.zeros(len(x), bool)
+        self.is_pick[self.picks] = True
+        n = len(x)
+        self.a1, self.a2 = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        self.d1, self.d2 = np.full(n, np.inf, np.float32), np.full(n, np.inf, np.float32)
+        if len(self.centres):
+            self._nearest_two(np.arange(n))
+
+    # -- nearest centres ------------------------------------------------------------------------------
+    def _knn(self, rows: np.ndarray, centres: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances (n, k) float32 and centre numbers (n, k) int32 of the ``k`` nearest of ``centres`` to
+        each candidate in ``rows``, nearest first, padded with inf / -1 where there are fewer centres.
+
+        Squared distances by ``|x|^2 + |c|^2 - 2 x.c`` over blocks of at most ``_BLOCK_FLOATS`` entries.
+        """
+        n = len(rows)
+        dist, num = np.full((n, k), np.inf, np.float32), np.full((n, k), -1, np.int32)
+        kk = min(k, len(centres))
+        if not kk:
+            return dist, num
+        sq_c = np.einsum("ij,ij->i", centres, centres)
+        step = max(1, min(self.chunk, _BLOCK_FLOATS // len(centres)))
+        for s in range(0, n, step):
+            sub = rows[s : s + step]
+            d2 = self.x[sub] @ centres.T
+            d2 *= -2
+            d2 += self.sq[sub][:, None]
+            d2 += sq_c
+            top = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < len(centres) else np.argsort(d2, axis=1)
+            vals = np.take_along_axis(d2, top, 1)
+            by = np.argsort(vals, axis=1, kind="stable")
+            dist[s : s + len(sub), :kk] = np.sqrt(np.maximum(np.take_along_axis(vals, by, 1), 0))
+            num[s : s + len(sub), :kk] = np.take_along_axis(top, by, 1)
+        return dist, num
+
+    def _nearest_two(self, rows: np.ndarray) -> None:
+        """Recompute the nearest two centres of the candidates ``rows`` among all centres."""
+        dist, num = self._knn(rows, self.centres, 2)
+        self.d1[rows], self.d2[rows] = dist[:, 0], dist[:, 1]
+        self.a1[rows], self.a2[rows] = num[:, 0], num[:, 1]
+
+    def _replace(self, slots: np.ndarray, new_picks: np.ndarray) -> None:
+        """Put candidates ``new_picks`` in centre slots ``slots`` and update every candidate's nearest two."""
+        self.is_pick[self.picks[slots - self.m]] = False
+        self.picks[slots - self.m] = new_picks
+        self.is_pick[new_picks] = True
+        self.centres[slots] = self.x[new_picks]
+        touched = np.zeros(len(self.centres), bool)
+        touched[slots] = True
+        lost = np.flatnonzero(touched[self.a1] | (self.a2 >= 0) & touched[np.maximum(self.a2, 0)])
+        self._nearest_two(lost)
+        keep = np.ones(len(self.x), bool)
+        keep[lost] = False
+        rest = np.flatnonzero(keep)
+        dist, num = self._knn(rest, self.centres[slots], 2)
+        num = np.where(num >= 0, slots[np.maximum(num, 0)], -1).astype(np.int32)
+        d = np.stack([self.d1[rest], self.d2[rest], dist[:, 0], dist[:, 1]], axis=1)
+        a = np.stack([self.a1[rest], self.a2[rest], num[:, 0], num[:, 1]], axis=1)
+        top = np.argsort(d, axis=1, kind="stable")[:, :2]
+        d, a = np.take_along_axis(d, top, 1), np.take_along_axis(a, top, 1)
+        self.d1[rest], self.d2[rest], self.a1[rest], self.a2[rest] = d[:, 0], d[:, 1], a[:, 0], a[:, 1]
+
+    # -- one round of swaps -----------------------------------------------------------------------------
+    def round(self, cap: float, neighbours: int, per_cluster: int, rng: np.random.Generator) -> int:
+        """Propose one swap per cluster, apply the compatible improving ones; the number of swaps applied."""
+        n_centres = len(self.centres)
+        order = np.argsort(self.a1, kind="stable")
+        bounds = np.searchsorted(self.a1[order], np.arange(n_centres + 1))
+        cost = float(self.d1.sum(dtype=np.float64))
+        gain_d2 = np.where(np.isfinite(self.d2), self.d2, np.float32(np.finfo(np.float32).max / 4))
+        removal = np.bincount(self.a1, weights=gain_d2 - self.d1, minlength=n_centres)
+        n_crit = np.bincount(self.a1, weights=self.d2 > cap, minlength=n_centres)
+        free = np.flatnonzero((np.arange(n_centres) >= self.m) & (n_crit == 0))
+        free = free[np.argsort(removal[free], kind="stable")]
+        homes = np.flatnonzero(np.diff(bounds) > 0)
+        near = self._neighbourhoods(homes, neighbours)
+        proposals = []
+        for h in homes:
+            members = order[bounds[h] : bounds[h + 1]]
+            found = self._propose(int(h), members, near[int(h)], order, bounds, gain_d2, removal, free, cap,
+                                  per_cluster, rng)
+            if found is not None and found[0] < -_REL_TOL * cost:
+                proposals.append(found)
+        if not proposals:
+            return 0
+        proposals.sort(key=lambda p: (p[0], p[1]))
+        taken = np.zeros(n_centres, bool)
+        batch = []
+        for delta, pick, slot, h in proposals:
+            area = np.union1d(near[h], near.get(slot, np.array([slot])))
+            if not taken[area].any():
+                taken[area] = True
+                batch.append((pick, slot))
+        saved = (self.picks.copy(), self.is_pick.copy(), self.centres.copy(), self.a1.copy(), self.a2.copy(),
+                 self.d1.copy(), self.d2.copy())
+        self._apply(batch)
+        if len(batch) > 1 and not (
+            self.d1.max() <= cap * (1 + _CAP_SLACK) and float(self.d1.sum(dtype=np.float64)) < cost
+        ):
+            self.picks, self.is_pick, self.centres, self.a1, self.a2, self.d1, self.d2 = saved
+            batch = batch[:1]
+            self._apply(batch)
+        return len(batch)
+
+    def _neighbourhoods(self, homes: np.ndarray, neighbours: int) -> dict[int, np.ndarray]:
+        """The ``neighbours`` centres nearest to each home centre (itself first), by centre number."""
+        sq_c = np.einsum("ij,ij->i", self.centres, self.centres)
+        d2 = self.centres[homes] @ self.centres.T
+        d2 *= -2
+        d2 += sq_c[homes][:, None]
+        d2 += sq_c
+        d2[np.arange(len(homes)), homes] = -np.inf
+        kk = min(neighbours, len(self.centres))
+        top = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < len(self.centres) else np.argsort(d2, axis=1)
+        top = np.take_along_axis(top, np.argsort(np.take_along_axis(d2, top, 1), axis=1, kind="stable"), 1)
+        return {int(h): row for h, row in zip(homes, top, strict=True)}
+
+    def _apply(self, batch: list[tuple[int, int]]) -> None:
+        picks = np.array([p for p, _ in batch], np.int64)
+        slots = np.array([s for _, s in batch], np.int64)
+        self._replace(slots, picks)
+
+    def _propose(
+        self,
+        h: int,
+        members: np.ndarray,
+        near: np.ndarray,
+        order: np.ndarray,
+        bounds: np.ndarray,
+        gain_d2: np.ndarray,
+        removal: np.ndarray,
+        free: np.ndarray,
+        cap: float,
+        per_cluster: int,
+        rng: np.random.Generator,
+    ) -> tuple[float, int, int, int] | None:
+        """The best swap (change of cost, candidate in, centre slot out, home) bringing in one of cluster
+        ``h``'s members, or None when no swap is allowed."""
+        x = self.x
+        pool = members[~self.is_pick[members]]
+        if not len(pool):
+            return None
+        mean = x[pool].mean(axis=0)
+        diff = x[pool] - mean
+        by_mean = pool[np.argsort(np.einsum("ij,ij->i", diff, diff), kind="stable")]
+        half = min(len(pool), max(1, per_cluster // 2))
+        cands = by_mean[:half]
+        rest = by_mean[half:]
+        if len(rest) and per_cluster > half:
+            cands = np.concatenate([cands, rng.choice(rest, size=min(len(rest), per_cluster - half), replace=False)])
+        area = np.concatenate([order[bounds[j] : bounds[j + 1]] for j in near])
+        xc = x[cands]
+        dc = self.sq[cands][:, None] + self.sq[area][None, :] - 2 * (xc @ x[area].T)
+        np.sqrt(np.maximum(dc, 0, out=dc), out=dc)
+        d1, d2 = self.d1[area], gain_d2[area]
+        shared = np.minimum(dc - d1, 0).sum(axis=1, dtype=np.float64)
+        # Per-cluster sums over the area's contiguous member runs, by differences of running sums.
+        ends = np.cumsum([bounds[j + 1] - bounds[j] for j in near])
+        starts = np.concatenate([[0], ends[:-1]])
+        change = _run_sums(np.minimum(dc, d2) - np.minimum(dc, d1), starts, ends)
+        crit = (self.d2[area] > cap)[None, :] & (dc > cap)
+        blocked = _run_sums(crit, starts, ends) > 0
+        blocked |= (near < self.m)[None, :]
+        inside = np.where(blocked, np.inf, shared[:, None] + change)
+        best_in = np.unravel_index(np.argmin(inside), inside.shape)
+        result = (float(inside[best_in]), int(cands[best_in[0]]), int(near[best_in[1]]), h)
+        outside = next((int(j) for j in free[: len(near) + 1] if j not in near), None)
+        if outside is not None:
+            c = int(np.argmin(shared))
+            delta = float(shared[c] + removal[outside])
+            if delta < result[0]:
+                result = (delta, int(cands[c]), outside, h)
+        return result if np.isfinite(result[0]) else None
+
+    def result(self, r0: float, cap: float, rounds: int, swaps: int) -> Representatives:
+        """The picks ordered by how many candidates each represents, with the figures of the search."""
+        counts = np.bincount(self.a1[self.a1 >= 0], minlength=len(self.centres))[self.m :]
+        order = np.argsort(-counts, kind="stable")
+        n = len(self.x)
+        return Representatives(
+            indices=self.picks[order],
+            members=counts[order].astype(np.int64),
+            radius=float(self.d1.max()) if n else 0.0,
+            kcenter_radius=r0,
+            cap=cap,
+            mean_distance=float(self.d1.mean(dtype=np.float64)) if n else 0.0,
+            rounds=rounds,
+            swaps=swaps,
+        )

@@ -1,0 +1,77 @@
+"""When ``lightly_curation`` runs on its own: a data-interval timetable (for backfills), S3 events, a default conf.
+
+* The timetable (``LIGHTLY_CURATION_SCHEDULE``, default ``@daily``, UTC) gives every scheduled and backfill run a
+  data interval, which is what ``airflow backfill create`` needs and what ``datasource.window`` and prefix
+  templates restrict the listing to (:mod:`lightly_tasks.windows`). The DAG is created paused: nothing runs
+  until someone unpauses it.
+* With ``LIGHTLY_S3_EVENTS_QUEUE`` set, S3 events start runs too (:mod:`lightly_airflow.s3_events`).
+* ``LIGHTLY_CURATION_CONF`` (a JSON conf) is what runs started without a conf use (scheduled and S3-event
+  runs), and prefills the trigger form. It is validated when the DAG file is parsed, so a bad one shows as a
+  DAG import error naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
+
+from lightly_airflow.s3_events import s3_events_asset
+from lightly_tasks.config import parse_config
+
+SCHEDULE_ENV = "LIGHTLY_CURATION_SCHEDULE"
+CONF_ENV = "LIGHTLY_CURATION_CONF"
+DEFAULT_SCHEDULE = "@daily"
+
+
+def default_conf() -> dict[str, Any]:
+    """The conf of runs started without one, from ``LIGHTLY_CURATION_CONF``; {} when unset.
+
+    Raises ValueError naming the variable when it is not a JSON object or not a valid, complete conf.
+    """
+    raw = os.environ.get(CONF_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        conf = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{CONF_ENV}: not valid JSON ({exc})") from exc
+    if not isinstance(conf, dict):
+        raise ValueError(f"{CONF_ENV}: expected a JSON object, got {type(conf).__name__}")
+    try:
+        parse_config(conf)
+    except ValueError as exc:
+        raise ValueError(f"{CONF_ENV}: {exc}") from exc
+    return conf
+
+
+def with_defaults(schemas: Mapping[str, dict[str, Any]], conf: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``schemas`` (param name -> JSON schema with ``default``) with the defaults overridden by ``conf``.
+
+    Object-valued params (datasource, stopping_condition, ...) are merged key by key, so a conf that sets
+    ``datasource.uri`` keeps the other datasource defaults.
+    """
+    merged = {}
+    for name, schema in schemas.items():
+        schema = dict(schema)
+        if name in conf:
+            value = conf[name]
+            if isinstance(schema.get("default"), dict) and isinstance(value, Mapping):
+                value = {**schema["default"], **value}
+            schema["default"] = value
+        merged[name] = schema
+    return merged
+
+
+def curation_schedule(conf: Mapping[str, Any]) -> Any:
+    """The DAG's schedule: the cron data-interval timetable, or-ed with the S3 events asset when configured."""
+    expression = os.environ.get(SCHEDULE_ENV, "").strip() or DEFAULT_SCHEDULE
+    timetable = CronDataIntervalTimetable(expression, timezone="UTC")
+    asset = s3_events_asset(conf)
+    if asset is None:
+        return timetable
+    return AssetOrTimeSchedule(timetable=timetable, assets=asset)
+
