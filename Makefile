@@ -57,13 +57,19 @@ UI_PORT ?= 8080
 ui: venv $(AIRFLOW_HOME)/airflow.db ## airflow standalone with these DAGs on http://localhost:$(UI_PORT)
 	AIRFLOW__API__PORT=$(UI_PORT) AIRFLOW__API__BASE_URL=http://localhost:$(UI_PORT) exec airflow standalone
 
-system-packages: ## Debian packages the tests need (docker-compose to validate the compose file)
+system-packages: ## Debian packages the tests need (docker-compose to validate the compose file, node/npm for Azurite)
 	scripts/install-system-packages.sh
 
-test: venv system-packages ## run the test suite (what CI runs)
+# Azurite, the Azure Blob emulator of the tests, pinned by tests/azurite/package-lock.json (repo-local node_modules)
+AZURITE := tests/azurite/node_modules/.bin/azurite-blob
+$(AZURITE): tests/azurite/package.json tests/azurite/package-lock.json | system-packages
+	npm ci --prefix tests/azurite --ignore-scripts --omit=dev --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: venv system-packages $(AZURITE) ## run the test suite (what CI runs)
 	python -m pytest || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: that is a failure"; exit $$rc; }
 
-test-slow: venv system-packages ## the heavy checks kept out of `make test`
+test-slow: venv system-packages $(AZURITE) ## the heavy checks kept out of `make test`
 	python -m pytest -m slow
 
 test-integration: venv system-packages ## real Airflow processes: api-server REST checks, backfill CLI, scheduler runs

@@ -2,7 +2,8 @@
 
 For each N it selects k samples with farthest-first alone (the fast path), then with mixes that force the
 combined greedy loop: DIVERSITY + RANDOM WEIGHTS, DIVERSITY + BALANCE over 10 classes, and DIVERSITY +
-TYPICALITY (its neighbours from a 20,000-sample reference set). Data: ``bench/selection.py``'s clustered
+TYPICALITY at unequal strengths (its neighbours from a 20,000-sample reference set; equal strengths would run
+lightly_tasks.representative instead, benchmarked by its own script). Data: ``bench/selection.py``'s clustered
 stand-in for image embeddings (D = 64, L2-normalised). Prints wall and CPU seconds of each selection, the
 seconds per pick, and the peak extra memory (``VmHWM`` after reset minus the RSS before, candidates loaded).
 
@@ -38,7 +39,9 @@ MIXES = {
         {"input": {"type": "PREDICTIONS", "task": "t", "name": "CLASS_DISTRIBUTION"},
          "strategy": {"type": "BALANCE", "distribution": "UNIFORM"}},
     ],
-    "DIVERSITY + TYPICALITY": [DIVERSITY, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY"}}],
+    "DIVERSITY + TYPICALITY (0.5)": [
+        DIVERSITY, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY", "strength": 0.5}}
+    ],
 }
 
 

@@ -120,14 +120,15 @@ def observe(
     dataset: str,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
 ) -> Observation:
-    """List ``location``, drop what the dataset's datapool has seen, and read the dataset's lease.
+    """List ``location``, read the dataset's lease, and drop what the dataset's datapool has seen.
 
-    The datapool is read after the listing: an object that a finishing run commits meanwhile then shows as
-    seen, never as new.
+    The datapool is read last: a run that commits (and so releases the lease) between these reads shows its
+    objects as seen, so a free lease is never paired with objects that a run has just processed.
     """
     listed = list_objects(location, extensions=extensions)
+    lease = store.lease(dataset)
     seen = store.seen_objects(dataset, datapool_id(location))
-    return Observation(new=unseen_objects(listed, seen), n_listed=len(listed), lease=store.lease(dataset))
+    return Observation(new=unseen_objects(listed, seen), n_listed=len(listed), lease=lease)
 
 
 def fingerprint(objects: pd.DataFrame) -> str:

@@ -681,8 +681,8 @@ class RunConfig:
         metadata=_opt(
             "Artifacts connection id",
             "Airflow connection for an s3://, gs:// or az:// artifacts root, dump output and checkpoint. Empty: "
-            "the datasource's connection if the artifacts root has the datasource's scheme, else the scheme's "
-            "default connection.",
+            "the datasource's connection, unless the artifacts root is on another kind of store (then that "
+            "store's default connection).",
         ),
     )
     max_object_bytes: int = field(
@@ -833,7 +833,8 @@ def _resolve_defaults(cfg: RunConfig) -> RunConfig:
         or (f"sqlite:///{(lightly_home() / 'store.db').resolve()}")
     )
     datasource_conn_id = cfg.datasource.conn_id or DEFAULT_CONN_IDS.get(uri_scheme(cfg.datasource.uri))
-    same_scheme = uri_scheme(cfg.datasource.uri) == uri_scheme(artifacts_root)
+    # the datasource's connection, unless the artifacts live on another kind of object store
+    same_scheme = uri_scheme(artifacts_root) in (uri_scheme(cfg.datasource.uri), "file")
     artifacts_conn_id = (
         cfg.artifacts_conn_id
         or (datasource_conn_id if same_scheme else None)

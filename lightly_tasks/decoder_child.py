@@ -3,10 +3,10 @@
 See :mod:`lightly_tasks.decoder_process` for the parent's side and the protocol. Imports stay lean (PyAV,
 numpy, PIL; no pandas, fsspec or storage code) so that a child starts fast, also after a crash.
 
-Test-only crash hook: with the environment variable ``LIGHTLY_TEST_DECODER_CRASH=1`` (set only by tests), the
-child kills itself after sending two frames of a video whose key contains ``crash-sigsegv`` (SIGSEGV),
-``crash-sigabrt`` (``os.abort()``), ``crash-sigkill`` (SIGKILL, what the OOM killer sends), or hangs on
-``crash-hang``. Without that variable, keys have no effect.
+Test-only crash hook: with the environment variable ``LIGHTLY_TEST_DECODER_CRASH=1`` (set only by tests),
+the child kills itself before probing the header of, or after sending two frames of, a video whose key
+contains ``crash-sigsegv`` (SIGSEGV), ``crash-sigabrt`` (``os.abort()``) or ``crash-sigkill`` (SIGKILL, what
+the OOM killer sends), or hangs on ``crash-hang``. Without that variable, keys have no effect.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from lightly_tasks.frame_samples import frame_result
 from lightly_tasks.ordered_map import ordered_map
-from lightly_tasks.video import VideoOpenError, open_reader
+from lightly_tasks.video import VideoOpenError, open_reader, probe
 
 CRASH_HOOK_ENV = "LIGHTLY_TEST_DECODER_CRASH"
 """Test-only switch of the crash hook (see the module docstring)."""
@@ -109,6 +109,19 @@ def _decode_one(to_parent: Connection, from_parent: Connection, spec: dict[str, 
         reader.close()
 
 
+def _probe_one(to_parent: Connection, from_parent: Connection, spec: dict[str, Any]) -> None:
+    """Probe one video's header for the parent: one ``info`` or ``error`` message."""
+    _test_crash_hook(spec.get("key", ""))
+    try:
+        info = probe(PipeFile(to_parent, from_parent), buffer_size=spec["buffer_size"])
+    except VideoOpenError as exc:
+        to_parent.send(("error", str(exc)))
+    except Exception as exc:  # a Python-level failure of this header is its verdict
+        to_parent.send(("error", f"unreadable container: {type(exc).__name__}: {exc}"))
+    else:
+        to_parent.send(("info", info))
+
+
 def main(argv: list[str]) -> int:
     """The child's loop: decode the videos the parent names until it says ``exit`` or goes away."""
     from_parent = Connection(int(argv[0]), writable=False)
@@ -119,9 +132,12 @@ def main(argv: list[str]) -> int:
             message = from_parent.recv()
         except (EOFError, OSError):
             return 0
-        if message[0] != "decode":
+        if message[0] == "decode":
+            _decode_one(to_parent, from_parent, message[1])
+        elif message[0] == "probe":
+            _probe_one(to_parent, from_parent, message[1])
+        else:
             return 0
-        _decode_one(to_parent, from_parent, message[1])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 from lightly_tasks.frame_samples import FrameResult
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
 from lightly_tasks.storage import ByteCounter, Location, ObjectReadError
-from lightly_tasks.video import DecodeStats, StreamInfo
+from lightly_tasks.video import DecodeStats, StreamInfo, VideoOpenError
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +238,33 @@ class IsolatedVideoJob:
             self.crashed = True
             self.error = self.process.exit_reason()
             log.error("decoding %s: %s", self.key, self.error)
+
+
+def probe_isolated(
+    process: DecoderProcess, f: io.RawIOBase, *, key: str, buffer_size: int, deadline: Deadline
+) -> StreamInfo:
+    """:func:`lightly_tasks.video.probe` of ``f`` in ``process``'s child (header probing runs FFmpeg too).
+
+    Raises :class:`VideoOpenError` with the probe's reason, or ``decoder crashed (signal N, NAME)`` when the
+    child died; a read failure or :class:`DeadlineExceeded` of ``f`` is raised as it is (the child is killed).
+    """
+    to_child, from_child = process.connections()
+    try:
+        to_child.send(("probe", {"key": key, "buffer_size": buffer_size}))
+        while True:
+            if not from_child.poll(deadline.remaining()):
+                raise DeadlineExceeded(f"time limit of {deadline.seconds:g}s exceeded")
+            message = from_child.recv()
+            if message[0] == "read":
+                to_child.send(("data", f.read(message[1])))
+            elif message[0] == "seek":
+                to_child.send(("pos", f.seek(message[1], message[2])))
+            elif message[0] == "info":
+                return message[1]
+            else:
+                raise VideoOpenError(message[1])
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        raise VideoOpenError(process.exit_reason()) from None
+    except (DeadlineExceeded, OSError):  # the child waits for a reply it will not get: replace it
+        process.kill()
+        raise

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lightly_tasks.decoder_process import DecoderProcess, probe_isolated
 from lightly_tasks.decoding import ordered_map
 from lightly_tasks.mp4_header import FragmentedMp4Error, Mp4HeaderError, NotMp4Error, read_mp4_header
 from lightly_tasks.progress import Progress
@@ -59,15 +61,25 @@ COUNT_COLUMNS = [
 
 
 def count_frames(
-    location: Location, key: str, *, size: int | None, counter: ByteCounter, timeout: float | None = None
+    location: Location,
+    key: str,
+    *,
+    size: int | None,
+    counter: ByteCounter,
+    timeout: float | None = None,
+    process: DecoderProcess | None = None,
 ) -> dict[str, Any]:
-    """One video's header facts (the :data:`COUNT_COLUMNS`), never raising for a bad or missing object."""
+    """One video's header facts (the :data:`COUNT_COLUMNS`), never raising for a bad or missing object.
+
+    With ``process``, a header that FFmpeg must probe (not MP4/MOV) is probed in that decoder child, so a
+    crash is this video's ``header_error`` (``decoder crashed (signal N, NAME)``).
+    """
     started = time.monotonic()
     own = ByteCounter()
     deadline = Deadline(timeout)
     row: dict[str, Any] = dict.fromkeys(COUNT_COLUMNS)
     try:
-        row.update(_header(location, key, size=size, counter=own, deadline=deadline))
+        row.update(_header(location, key, size=size, counter=own, deadline=deadline, process=process))
     except (VideoOpenError, Mp4HeaderError) as exc:
         row["header_error"] = str(exc)
     except DeadlineExceeded as exc:
@@ -83,7 +95,13 @@ def count_frames(
 
 
 def _header(
-    location: Location, key: str, *, size: int | None, counter: ByteCounter, deadline: Deadline
+    location: Location,
+    key: str,
+    *,
+    size: int | None,
+    counter: ByteCounter,
+    deadline: Deadline,
+    process: DecoderProcess | None,
 ) -> dict[str, Any]:
     if size == 0:
         raise VideoOpenError("unreadable container: empty file")
@@ -94,7 +112,10 @@ def _header(
             track = read_mp4_header(f, file_size)
         except (NotMp4Error, FragmentedMp4Error):
             f.seek(0)
-            info = probe(f, buffer_size=HEADER_READ_BYTES)
+            if process is None:
+                info = probe(f, buffer_size=HEADER_READ_BYTES)
+            else:
+                info = probe_isolated(process, f, key=key, buffer_size=HEADER_READ_BYTES, deadline=deadline)
         else:
             return {
                 "container": "mp4",
@@ -131,20 +152,41 @@ def count_videos(
     *,
     timeout: float | None = None,
     workers: int = 8,
+    isolate: bool = True,
 ) -> pd.DataFrame:
-    """Count the frames of ``videos`` (key, size, ...) on a thread pool; add the :data:`COUNT_COLUMNS`."""
+    """Count the frames of ``videos`` (key, size, ...) on a thread pool; add the :data:`COUNT_COLUMNS`.
+
+    With ``isolate`` each pool thread that has to probe a header with FFmpeg gets its own decoder child
+    process (started on first need, all stopped at the end).
+    """
     keys = videos["key"].tolist()
     sizes = videos["size"].astype("int64").tolist() if "size" in videos else [None] * len(keys)
+    local = threading.local()
+    processes: list[DecoderProcess] = []
+    lock = threading.Lock()
+
+    def thread_process() -> DecoderProcess | None:
+        if not isolate:
+            return None
+        if getattr(local, "process", None) is None:
+            local.process = DecoderProcess()
+            with lock:
+                processes.append(local.process)
+        return local.process
 
     def work(item: tuple[str, int | None]) -> dict[str, Any]:
         key, size = item
-        return count_frames(location, key, size=size, counter=counter, timeout=timeout)
+        return count_frames(location, key, size=size, counter=counter, timeout=timeout, process=thread_process())
 
     progress = Progress("count frames", len(keys), unit="videos", logger=log)
     rows = []
-    for row in ordered_map(work, list(zip(keys, sizes, strict=True)), workers=workers, window=4 * workers):
-        rows.append(row)
-        progress.update()
+    try:
+        for row in ordered_map(work, list(zip(keys, sizes, strict=True)), workers=workers, window=4 * workers):
+            rows.append(row)
+            progress.update()
+    finally:
+        for process in processes:
+            process.close()
     progress.finish()
     counted = pd.DataFrame(rows, columns=COUNT_COLUMNS, index=videos.index)
     counted = counted.astype(

@@ -463,7 +463,7 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
     distance = np.full(len(table), np.nan, dtype=np.float32)
     order = np.full(len(table), -1, dtype=np.int64)
     stopped_by = "exhausted"
-    strategies, predictions = None, None
+    strategies, loaded_predictions = None, None
     if candidate_keys:
         if cfg.selected_sequence_length > 1:
             from lightly_tasks.sequences import select_sequences
@@ -477,7 +477,7 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
                 stop=stop,
             )
         elif cfg.selection_config.strategies:
-            picked, predictions = strategy_stage.run_strategies(
+            picked, loaded_predictions = strategy_stage.run_strategies(
                 ctx, table, candidate_keys, candidate_vectors, existing_vectors, stop
             )
             strategies = picked.summary
@@ -497,7 +497,7 @@ def selection_stage(ctx: RunContext, shards: Sequence[int]) -> Manifest:
     uri = artifacts.write_table(ctx.run, "selection/objects.parquet", result)
     summary_uri = strategy_stage.write_summary(
         ctx, candidate_keys, result.loc[result["status"] == "selected"].sort_values("order")["key"].tolist(),
-        strategies, predictions,
+        strategies, loaded_predictions,
     )
     counts = result["status"].value_counts().to_dict()
     log.info("selection: %s (stopped by %s)", counts, stopped_by)

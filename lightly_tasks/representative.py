@@ -45,6 +45,8 @@ from lightly_tasks.selection import StoppingCondition, kcenter_greedy
 
 # A swap must lower the cost by more than this share of it to count as an improvement.
 _REL_TOL = 1e-6
+# Swaps applied in one round must not share any of the nearest _CONFLICT centres of their two clusters.
+_CONFLICT = 2
 # Entries of a candidates x centres distance block (16 MiB of float32).
 _BLOCK_FLOATS = 1 << 22
 # Relative float32 margin on the cap when the round check compares the radius with it.
@@ -148,8 +150,8 @@ class _Search:
 
     # -- nearest centres ------------------------------------------------------------------------------
     def _knn(self, rows: np.ndarray, centres: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distances (n, k) float32 and centre numbers (n, k) int32 of the ``k`` nearest of ``centres`` to
-        each candidate in ``rows``, nearest first, padded with inf / -1 where there are fewer centres.
+        """Distances (n, k) float32 and centre numbers (n, k) int32 of the ``k`` (1 or 2) nearest of ``centres``
+        to each candidate in ``rows``, nearest first, padded with inf / -1 where there are fewer centres.
 
         Squared distances by ``|x|^2 + |c|^2 - 2 x.c`` over blocks of at most ``_BLOCK_FLOATS`` entries.
         """
@@ -166,11 +168,12 @@ class _Search:
             d2 *= -2
             d2 += self.sq[sub][:, None]
             d2 += sq_c
-            top = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < len(centres) else np.argsort(d2, axis=1)
-            vals = np.take_along_axis(d2, top, 1)
-            by = np.argsort(vals, axis=1, kind="stable")
-            dist[s : s + len(sub), :kk] = np.sqrt(np.maximum(np.take_along_axis(vals, by, 1), 0))
-            num[s : s + len(sub), :kk] = np.take_along_axis(top, by, 1)
+            at = np.arange(len(sub))
+            for i in range(kk):
+                best = np.argmin(d2, axis=1)
+                dist[s : s + len(sub), i] = np.sqrt(np.maximum(d2[at, best], 0))
+                num[s : s + len(sub), i] = best
+                d2[at, best] = np.inf
         return dist, num
 
     def _nearest_two(self, rows: np.ndarray) -> None:
@@ -226,21 +229,22 @@ class _Search:
         proposals.sort(key=lambda p: (p[0], p[1]))
         taken = np.zeros(n_centres, bool)
         batch = []
-        for delta, pick, slot, h in proposals:
-            area = np.union1d(near[h], near.get(slot, np.array([slot])))
+        for _, pick, slot, h in proposals:
+            area = np.union1d(near[h][:_CONFLICT], near.get(slot, np.array([slot]))[:_CONFLICT])
             if not taken[area].any():
                 taken[area] = True
                 batch.append((pick, slot))
         saved = (self.picks.copy(), self.is_pick.copy(), self.centres.copy(), self.a1.copy(), self.a2.copy(),
                  self.d1.copy(), self.d2.copy())
-        self._apply(batch)
-        if len(batch) > 1 and not (
-            self.d1.max() <= cap * (1 + _CAP_SLACK) and float(self.d1.sum(dtype=np.float64)) < cost
-        ):
-            self.picks, self.is_pick, self.centres, self.a1, self.a2, self.d1, self.d2 = saved
-            batch = batch[:1]
+        while True:
             self._apply(batch)
-        return len(batch)
+            if len(batch) == 1 or (
+                self.d1.max() <= cap * (1 + _CAP_SLACK) and float(self.d1.sum(dtype=np.float64)) < cost
+            ):
+                return len(batch)
+            # Some swaps of the batch interfered: retry with the better half (one swap alone is exact).
+            self.picks, self.is_pick, self.centres, self.a1, self.a2, self.d1, self.d2 = (a.copy() for a in saved)
+            batch = batch[: len(batch) // 2]
 
     def _neighbourhoods(self, homes: np.ndarray, neighbours: int) -> dict[int, np.ndarray]:
         """The ``neighbours`` centres nearest to each home centre (itself first), by centre number."""

@@ -6,8 +6,8 @@ A :class:`Location` is an fsspec filesystem plus a root path inside it. The Airf
 
 Reads never touch local disk: an object up to ``RANGED_READ_BYTES`` is one GET into memory, a larger one is
 streamed as ranged GETs of that size. Transient transport errors are retried by the filesystem (botocore's
-retry policy and s3fs's own loop for S3); what is left after those retries surfaces as
-:class:`ObjectReadError` for that one object.
+retry policy and s3fs's own loop for S3, gcsfs's loop for GCS, azure-core's retry policy for Azure Blob); what
+is left after those retries surfaces as :class:`ObjectReadError` for that one object.
 """
 
 from __future__ import annotations
@@ -229,6 +229,9 @@ def list_objects(location: Location, *, extensions: Iterable[str] = IMAGE_EXTENS
             raise DatasourceNotFoundError(f"datasource {location.uri} is not a folder or prefix")
     try:
         found = fs.find(root, detail=True, withdirs=False)
+        if not found and not isinstance(fs, LocalFileSystem) and not fs.exists(bucket_of(location)):
+            # adlfs lists a missing container as empty; s3fs and gcsfs raise FileNotFoundError themselves
+            raise FileNotFoundError(bucket_of(location))
     except Exception as exc:
         error = _listing_error(location, exc)
         if error is exc:

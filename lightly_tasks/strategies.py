@@ -23,8 +23,11 @@ Logs are floored (1e-9 for distances, 1e-6 of the largest weight, 1e-6 for a zer
 infinite. Cost per pick: the combination is O(N) per strategy; DIVERSITY keeps each candidate's distance to
 its nearest centre with :mod:`lightly_tasks.selection`'s cluster pruning, O(N * D) per pick at worst and
 usually a fraction of it, never an N x N matrix. TYPICALITY's neighbours cost O(N * min(N, 20,000) * D) once.
-With DIVERSITY (strength > 0) as the only objective besides thresholds the exact farthest-first
-:func:`~lightly_tasks.selection.kcenter_greedy` runs instead.
+With DIVERSITY (strength > 0) as the only objective besides thresholds, or with thresholds alone, the exact
+farthest-first :func:`~lightly_tasks.selection.kcenter_greedy` runs on what the thresholds leave. DIVERSITY and
+TYPICALITY on the embeddings with equal strengths and no stopping condition of their own (the mix "diverse but
+typical") run :func:`~lightly_tasks.representative.representative_greedy` instead: the most representative
+picks whose coverage radius is no worse than farthest-first's (no per-pick distances then).
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ import pandas as pd
 
 from lightly_tasks.active_learning_scores import class_labels, compute_scores
 from lightly_tasks.config import SelectionInputConfig, SelectionStrategyEntry
-from lightly_tasks.selection import StoppingCondition, _as_matrix, _Clusters, _count_limits, kcenter_greedy
+from lightly_tasks.selection import (
+    Selection,
+    StoppingCondition,
+    _as_matrix,
+    _Clusters,
+    _count_limits,
+    kcenter_greedy,
+)
 
 TYPICALITY_NEIGHBOURS = 20
 TYPICALITY_REFERENCE = 20_000
@@ -65,7 +75,7 @@ class SelectionInputs:
     embeddings: np.ndarray
     existing: np.ndarray | None = None
     metadata: pd.DataFrame | None = None
-    predictions: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = field(default_factory=dict)
+    predictions: Mapping[str, tuple[Any, Mapping[str, Any]]] = field(default_factory=dict)
     query: Callable[[SelectionInputConfig], np.ndarray] | None = None
 
 
@@ -119,9 +129,19 @@ def select_with_strategies(
     objectives = [i for i, e in enumerate(entries) if e.strategy.type != "THRESHOLD"]
     min_distance = _min_distance(entries, stop)
     only = [entries[i] for i in objectives]
-    if n and len(only) == 1 and only[0].strategy.type == "DIVERSITY" and only[0].strategy.strength > 0:
+    if n and _representative_mix(only, min_distance):
+        sel = _representative(data, eligible, stop)
+        for i in objectives:
+            summary[i]["contribution"] = 0.5
+            summary[i]["algorithm"] = "coverage-capped representative (lightly_tasks.representative)"
+        return StrategySelection(
+            sel.indices, sel.distances, np.full(len(sel.indices), np.nan), sel.stopped_by, excluded_by, summary
+        )
+    plain_diversity = len(only) == 1 and only[0].strategy.type == "DIVERSITY" and only[0].strategy.strength > 0
+    if n and (plain_diversity or not only):  # only thresholds: the default farthest-first among what is left
         sel = _farthest_first(data, eligible, stop, min_distance)
-        summary[objectives[0]]["contribution"] = 1.0
+        if only:
+            summary[objectives[0]]["contribution"] = 1.0
         return StrategySelection(
             sel.indices, sel.distances, np.log(np.maximum(sel.distances, _DISTANCE_FLOOR)), sel.stopped_by,
             excluded_by, summary,
@@ -135,9 +155,36 @@ def _min_distance(entries: Sequence[SelectionStrategyEntry], stop: StoppingCondi
     return max(values) if values else None
 
 
+def _representative_mix(only: Sequence[SelectionStrategyEntry], min_distance: float | None) -> bool:
+    """DIVERSITY + TYPICALITY on the embeddings, equal strengths, no stopping condition of their own."""
+    kinds = sorted(e.strategy.type for e in only)
+    return (
+        kinds == ["DIVERSITY", "TYPICALITY"]
+        and all(e.input == SelectionInputConfig(type="EMBEDDINGS") for e in only)
+        and only[0].strategy.strength == only[1].strategy.strength > 0
+        and all(e.strategy.num_nearest_neighbors is None for e in only)
+        and all(e.strategy.stopping_condition_minimum_typicality is None for e in only)
+        and min_distance is None
+    )
+
+
+def _representative(data: SelectionInputs, eligible: np.ndarray, stop: StoppingCondition) -> Selection:
+    """The coverage-capped representative selection on the eligible candidates (distances not tracked: NaN)."""
+    from lightly_tasks.representative import representative_greedy
+
+    rows = np.flatnonzero(eligible)
+    x = data.embeddings if len(rows) == len(eligible) else data.embeddings[rows]
+    limits = {name: limit for limit, name in _count_limits(stop, len(eligible))}
+    name = min(limits, key=lambda k: (limits[k], k != "n_samples"))
+    existing = data.existing if data.existing is not None and len(data.existing) else None
+    rep = representative_greedy(x, n_samples=limits[name], existing=existing)
+    stopped_by = name if limits[name] < len(rows) else "exhausted"
+    return Selection(rows[rep.indices], np.full(len(rep.indices), np.nan, np.float32), stopped_by)
+
+
 def _farthest_first(
     data: SelectionInputs, eligible: np.ndarray, stop: StoppingCondition, min_distance: float | None
-) -> Any:
+) -> Selection:
     """k-center greedy on the eligible candidates, indices mapped back to all candidates."""
     rows = np.flatnonzero(eligible)
     x = data.embeddings if len(rows) == len(eligible) else data.embeddings[rows]
@@ -150,7 +197,7 @@ def _farthest_first(
     stopped_by = sel.stopped_by
     if stopped_by == "n_samples":  # name the count condition that set the limit
         stopped_by = min(limits, key=lambda k: (limits[k], k != "n_samples"))
-    return type(sel)(rows[sel.indices], sel.distances, stopped_by)
+    return Selection(rows[sel.indices], sel.distances, stopped_by)
 
 
 def _compare(values: np.ndarray, operation: str, threshold: float) -> np.ndarray:
@@ -168,7 +215,7 @@ def _where(i: int) -> str:
     return f"selection_config.strategies[{i}].input"
 
 
-def _task(i: int, inp: SelectionInputConfig, data: SelectionInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+def _task(i: int, inp: SelectionInputConfig, data: SelectionInputs) -> tuple[Any, Mapping[str, Any]]:
     if inp.task not in data.predictions:
         found = ", ".join(sorted(data.predictions)) or "none"
         raise ValueError(f"{_where(i)}.task: no predictions of task {inp.task!r} for this run (found: {found})")

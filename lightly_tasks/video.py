@@ -117,11 +117,25 @@ def _stream_info(container: av.container.InputContainer, stream: av.video.stream
     )
 
 
+QUICK_PROBE = {"probesize": "32", "analyzeduration": "1"}
+"""FFmpeg options that stop stream probing after the container header (no packets read to guess parameters)."""
+
+
 def probe(file: BinaryIO, *, buffer_size: int = 8 * 2**10) -> StreamInfo:
     """The header's view of ``file``'s first video stream, reading as little as PyAV allows.
 
+    First with :data:`QUICK_PROBE` (for Matroska: one buffer instead of ~35 KB of packets); a header that
+    leaves the frame size or rate unknown that way is probed again with FFmpeg's default probing.
     Raises :class:`VideoOpenError` with a reason ("unreadable container: ...", "zero frames: ...").
     """
+    reader = PyAVReader(file, buffer_size=buffer_size, threads=False, options=QUICK_PROBE)
+    try:
+        info = reader.info
+    finally:
+        reader.close()
+    if info.width and info.height and info.fps:
+        return info
+    file.seek(0)
     reader = PyAVReader(file, buffer_size=buffer_size, threads=False)
     try:
         return reader.info
@@ -141,10 +155,11 @@ class PyAVReader:
         buffer_size: int = STREAM_BUFFER_BYTES,
         threads: bool = True,
         deadline: Deadline | None = None,
+        options: dict[str, str] | None = None,
     ) -> None:
         self._deadline = deadline
         try:
-            self.container = av.open(file, "r", buffer_size=buffer_size)
+            self.container = av.open(file, "r", buffer_size=buffer_size, options=options or {})
         except av.error.FFmpegError as exc:
             raise VideoOpenError(f"unreadable container: {_reason(exc)}") from exc
         if not self.container.streams.video:

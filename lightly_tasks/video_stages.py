@@ -39,14 +39,19 @@ def frame_counting_stage(ctx: RunContext) -> Manifest:
 
     The listing split the videos into shards by count; knowing their frames now, this stage reassigns them
     to the same number of shards by decoding work (:func:`~lightly_tasks.frame_counting.balance_shards`),
-    so the mapped decoding tasks take about equally long.
+    so the mapped decoding tasks take about equally long. The manifest reports the balance (largest shard's
+    work / mean) of both splits: ``shard_balance`` and ``shard_balance_by_count``.
     """
     started = time.monotonic()
     objects = artifacts.read_table(ctx.run, "list/objects.parquet")
     counter = ByteCounter()
-    table = count_videos(ctx.datasource, objects, counter, timeout=ctx.config.video.timeout_seconds)
+    video = ctx.config.video
+    table = count_videos(
+        ctx.datasource, objects, counter, timeout=video.timeout_seconds, isolate=video.isolate_decoder
+    )
     n_shards = int(objects["shard"].max()) + 1 if len(objects) else 0
     work = decoding_work(table) if len(table) else np.zeros(0)
+    listed_work = np.bincount(table["shard"], weights=work, minlength=n_shards) if len(table) else np.zeros(0)
     if len(table):
         table["shard"] = balance_shards(work, n_shards)
     uri = artifacts.write_table(ctx.run, VIDEOS_TABLE, table)
@@ -66,6 +71,9 @@ def frame_counting_stage(ctx: RunContext) -> Manifest:
         if len(table)
         else [],
         "shard_balance": round(float(shard_work.max() / shard_work.mean()), 3) if shard_work.sum() else None,
+        "shard_balance_by_count": round(float(listed_work.max() / listed_work.mean()), 3)
+        if listed_work.sum()
+        else None,
         "n_unreadable": int(table["header_error"].notna().sum()) if len(table) else 0,
         "count_methods": {str(k): int(v) for k, v in methods.items()},
         "video_bytes": video_bytes,

@@ -12,6 +12,9 @@ PACKAGES=(
   # Debian bookworm's package is Compose 1.29.2, which reads the Compose Specification (profiles,
   # deploy.resources.reservations.devices, depends_on conditions) that the file uses.
   "docker-compose:docker-compose"
+  # Azurite (npm package, tests/azurite) is the Azure Blob emulator of the tests; Debian's nodejs (18) runs it.
+  "node:nodejs"
+  "npm:npm"
 )
 
 missing=()

@@ -133,6 +133,8 @@ def airflow_home(path: Path, **env: str) -> AirflowHome:
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
         "AIRFLOW__CORE__PARALLELISM": "4",
+        # a loaded CI machine answers slower than the 5 s default; a timed-out state change is not retried safely
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         "LIGHTLY_HOME": str(path / "lightly"),
         "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
         **env,

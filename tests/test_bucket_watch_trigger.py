@@ -256,3 +256,31 @@ def test_sensor_rejects_a_bad_conf_before_deferring() -> None:
     sensor = BucketWatchSensor(task_id="watch_bad", conf={"datasource": {"uri": "ftp://x"}, "dataset": "ds"})
     with pytest.raises(ConfigError, match=r"datasource\.uri"):
         sensor.execute(context={})
+
+
+def test_two_watches_racing_to_claim_one_dataset(tmp_path: Path) -> None:
+    """Two sensors resume with the same news at once: exactly one claims the dataset, the other skips."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    conf = {"datasource": {"uri": (tmp_path / "images").as_uri()}, "dataset": "ds", "store_url": store_url}
+    sensors = [BucketWatchSensor(task_id=f"watch_{i}", conf=conf) for i in range(2)]
+    event = {"status": "new_objects", "dataset": "ds", "datasource": "file:///x", "n_objects": 1, "bytes": 1,
+             "keys": ["a.jpg"], "keys_truncated": False}
+    barrier = threading.Barrier(2)
+    outcomes: list[Any] = []
+
+    def resume(sensor: BucketWatchSensor) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(sensor.execute_complete(context={}, event=dict(event)))
+        except AirflowSkipException as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=resume, args=(s,)) for s in sensors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    claimed = [o for o in outcomes if isinstance(o, dict)]
+    skipped = [o for o in outcomes if isinstance(o, AirflowSkipException)]
+    assert len(claimed) == 1 and len(skipped) == 1, outcomes
+    assert claimed[0]["run_id"] in str(skipped[0])

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.demo_videos import build_demo_videos, write_video
 from lightly_tasks.frame_names import parse_frame_key
 from lightly_tasks.store import DatasetStore
@@ -109,6 +110,11 @@ def test_first_run_counts_videos_and_frames(scenario):
     assert report["datasetSizes"]["nSelected"] == N_SAMPLES
     frame_counting = report["stages"]["frame_counting"]
     assert 0 < frame_counting["bytesRead"] < report["traffic"]["datasourceBytes"]
+    run = scenario["root"] / "artifacts" / "vids" / "runs" / safe_run_id(scenario["first"].run_id)
+    counting = json.loads((run / "frame_counting" / "manifest.json").read_text())
+    assert len(counting["shard_frames"]) == 2 and min(counting["shard_frames"]) > 0
+    assert sum(counting["shard_frames"]) == sum(demo.good.values()) + 2 * 40, "estimates of all readable videos"
+    assert counting["shard_balance"] <= counting["shard_balance_by_count"]
 
 
 def test_broken_videos_and_bad_frames_are_listed_with_reasons(scenario):

@@ -105,6 +105,25 @@ def test_isolated_and_in_process_decoding_give_the_same_tables(tmp_path: Path) -
     assert "the header's duration and frame rate imply about 40 frames" in cut["reason"]
 
 
+def test_a_crash_while_probing_a_header_is_that_videos_header_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CRASH_HOOK_ENV, "1")
+    videos = tmp_path / "v"
+    write_video(videos / "a.mkv", n_frames=20)
+    write_video(videos / "b_crash-sigsegv.webm", n_frames=20)
+    write_video(videos / "c.avi", n_frames=20)
+    location = location_from_uri(videos.as_uri())
+    listed = list_objects(location, extensions=VIDEO_EXTENSIONS)
+    counted = count_videos(location, listed, ByteCounter(), workers=2).set_index("key")
+    assert counted.at["b_crash-sigsegv.webm", "header_error"] == "decoder crashed (signal 11, SIGSEGV)"
+    assert counted.at["a.mkv", "frames_estimate"] == counted.at["c.avi", "frames"] == 20
+    assert counted[["header_error"]].drop("b_crash-sigsegv.webm").isna().all().all()
+    in_process = count_videos(location, listed.iloc[[0, 2]], ByteCounter(), isolate=False).set_index("key")
+    columns = ["frames", "frames_estimate", "count_method", "codec", "width", "height", "header_bytes"]
+    pd.testing.assert_frame_equal(in_process[columns], counted.loc[["a.mkv", "c.avi"], columns])
+
+
 def test_exit_descriptions() -> None:
     assert describe_exit(-11) == "signal 11, SIGSEGV"
     assert describe_exit(3) == "exit status 3"

@@ -170,3 +170,43 @@ def test_a_model_breaking_the_output_contract_is_reported(tmp_path: Path) -> Non
     too_few = load_torchscript(torchscript_bytes(ColourClassifier()), task_type="classification", categories=["r"])
     with pytest.raises(PretaggingModelError, match=r"output must be \(3, 1\) logits"):
         pretag(too_few, [thumbs], sizes, device=CPU)
+
+
+@pytest.mark.parametrize(
+    ("pretagging_config", "message"),
+    [
+        ({}, r"pretagging_config\.model: pretagging is on but no model is set"),
+        ({"model": "fasterrcnn_mobilenet_v3_large_320_fpn"}, r"pretagging_config\.weights: .* no built-in"),
+        ({"model": "file:///m.pt", "weights": "file:///w.pt"}, r"TorchScript model carries its weights"),
+        ({"model": "Faster RCNN"}, r"pretagging_config\.model: must be a torchvision architecture name"),
+        ({"model": "file:///m.pt", "task_name": "../up"}, r"pretagging_config\.task_name: must be"),
+        ({"model": "file:///m.pt", "score_threshold": 2}, r"pretagging_config\.score_threshold: must be <= 1"),
+        ("min_requirements.json", r"min-requirements file is not supported"),
+    ],
+)
+def test_config_refuses_an_unusable_pretagging_setup(pretagging_config, message: str) -> None:
+    from lightly_tasks.config import parse_config
+
+    conf = {"datasource": {"uri": "file:///data"}, "dataset": "d", "pretagging": True}
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**conf, "pretagging_config": pretagging_config})
+
+
+def test_config_accepts_a_lightly_style_pretagging_setup() -> None:
+    from lightly_tasks.config import parse_config
+
+    base = {"datasource": {"uri": "file:///data"}, "dataset": "d"}
+    assert parse_config(base).pretagging is False  # off by default, and then nothing is required
+    cfg = parse_config(
+        {
+            **base,
+            "pretagging": True,
+            "pretagging_config": {
+                "model": "retinanet_resnet50_fpn",
+                "weights": "s3://models/retinanet.pt",
+                "categories": ["background", "car"],
+                "task_name": "cars",
+            },
+        }
+    )
+    assert cfg.pretagging_config.categories == ("background", "car") and cfg.pretagging_config.task_name == "cars"

@@ -146,6 +146,10 @@ def test_with_the_queue_the_dag_is_scheduled_on_the_watched_asset_or_time(monkey
         ({"datasource": {"uri": "s3://b/raw/{{ ds }}"}, "dataset": "ev"}, "without a prefix template"),
         ({"datasource": {"uri": "s3://b/p", "window": "data_interval"}, "dataset": "ev"}, "window 'none'"),
         ({"datasource": {"uri": "s3://b/p"}, "dataset": "ev", "batch_size": "many"}, "batch_size: expected"),
+        (
+            {"datasource": {"uri": "s3://b/p"}, "dataset": "ev", "store_url": "postgresql://u:hunter2@db/store"},
+            "store_url holds a credential",
+        ),
     ],
 )
 def test_bad_event_mode_settings_are_dag_import_errors_naming_the_problem(monkeypatch, conf, message) -> None:
@@ -157,3 +161,4 @@ def test_bad_event_mode_settings_are_dag_import_errors_naming_the_problem(monkey
     bag = _dag()
     errors = "\n".join(bag.import_errors.values())
     assert message in errors, errors
+    assert "hunter2" not in errors

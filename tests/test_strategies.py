@@ -72,6 +72,18 @@ def test_threshold_excludes_failing_and_missing_values() -> None:
     assert set(np.flatnonzero(sel.excluded_by == 1)) == set(range(n)) - set(passing)
 
 
+def test_thresholds_alone_leave_farthest_first_among_the_rest() -> None:
+    x = points(300, seed=19)
+    snr = np.random.default_rng(20).uniform(0, 1, 300)
+    data = SelectionInputs(keys(300), x, metadata=pd.DataFrame({"snr": snr}))
+    entries = strategies({"input": {"type": "METADATA", "key": "lightly.snr"},
+                          "strategy": {"type": "THRESHOLD", "threshold": 0.5, "operation": "SMALLER"}})
+    sel = select_with_strategies(entries, data, StoppingCondition(n_samples=20))
+    rest = np.flatnonzero(snr < 0.5)
+    ref = kcenter_greedy(x[rest], stop=StoppingCondition(n_samples=20))
+    np.testing.assert_array_equal(sel.indices, rest[ref.indices])
+
+
 def test_diversity_alone_is_farthest_first_and_spreads() -> None:
     x, existing = points(500, seed=2), points(20, seed=3)
     data = SelectionInputs(keys(500), x, existing=existing)
@@ -187,6 +199,23 @@ def test_typicality_avoids_outliers_that_diversity_picks() -> None:
     )
     assert (mixed.indices >= 400).sum() < (diverse.indices >= 400).sum()
     assert min_pairwise(x[mixed.indices]) > min_pairwise(x[typical.indices])
+
+
+def test_diverse_but_typical_mix_covers_like_farthest_first_with_typical_picks() -> None:
+    rng = np.random.default_rng(21)
+    x = np.vstack([rng.normal(0, 1, (600, 5)), rng.normal(0, 1, (10, 5)) * 0.2 + 6]).astype(np.float32)
+    data = SelectionInputs(keys(610), x)
+    mix = strategies(DIVERSITY, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY"}})
+    sel = select_with_strategies(mix, data, StoppingCondition(n_samples=25))
+    ref = kcenter_greedy(x, stop=StoppingCondition(n_samples=25))
+    assert sel.summary[1]["algorithm"].startswith("coverage-capped representative")
+
+    def nearest(picks: np.ndarray) -> np.ndarray:
+        return np.sqrt(((x[:, None] - x[picks][None]) ** 2).sum(-1)).min(1)
+
+    assert len(set(sel.indices)) == 25
+    assert nearest(sel.indices).max() <= nearest(ref.indices).max() * (1 + 1e-5)  # covers as well
+    assert nearest(sel.indices).mean() < nearest(ref.indices).mean()  # and represents better
 
 
 def test_typicality_uses_a_reference_subset_for_large_sets(monkeypatch) -> None:

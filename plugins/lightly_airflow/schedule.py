@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
 
 from lightly_airflow.s3_events import s3_events_asset
-from lightly_tasks.config import parse_config
+from lightly_tasks.config import parse_config, redact_uri
 
 SCHEDULE_ENV = "LIGHTLY_CURATION_SCHEDULE"
 CONF_ENV = "LIGHTLY_CURATION_CONF"
@@ -45,7 +45,19 @@ def default_conf() -> dict[str, Any]:
         parse_config(conf)
     except ValueError as exc:
         raise ValueError(f"{CONF_ENV}: {exc}") from exc
+    for key, value in _strings(conf, ""):
+        if redact_uri(value) != value:
+            raise ValueError(
+                f"{CONF_ENV}: {key} holds a credential; it would show in the trigger form and every run's conf. "
+                "Use an Airflow connection, or LIGHTLY_STORE_URL for the store"
+            )
     return conf
+
+
+def _strings(value: Any, key: str) -> list[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        return [pair for k, v in value.items() for pair in _strings(v, f"{key}.{k}" if key else str(k))]
+    return [(key, value)] if isinstance(value, str) else []
 
 
 def with_defaults(schemas: Mapping[str, dict[str, Any]], conf: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
