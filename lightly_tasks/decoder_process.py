@@ -21,6 +21,7 @@ a second). A child announces ``ready`` after its imports; the per-video time lim
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 STARTUP_SECONDS = 120.0
 """How long a fresh child may take to import its modules (a loaded worker is slow, not broken)."""
+PIPE_BYTES = 2**20
+"""Pipe buffer asked for (Linux's default limit for unprivileged processes) so results rarely block."""
 STREAM_BLOCK_BYTES = 4 * 2**20
 """Ranged-read (read-ahead) size of the parent's file while a child streams a video."""
 
@@ -75,6 +78,11 @@ class DecoderProcess:
     def _start(self) -> None:
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
+        for fd in (parent_out, child_out):  # a thumbnail message in one write, not several 64 KiB ones
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            except OSError:
+                pass  # above the system's pipe-max-size: the default still works
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
             self._proc = subprocess.Popen(

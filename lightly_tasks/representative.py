@@ -11,27 +11,33 @@ location with similarity ``C - d``), subject to the coverage cap ``max_x d(x, S 
 default slack 0 the result never covers worse than k-center (up to float32 rounding).
 
 **Algorithm.** Start from the farthest-first picks (feasible by construction), then improve them by swaps
-(one pick out, one candidate in) that lower the cost and keep the cap, in rounds, as in PAM / FasterPAM
+(one pick out, one candidate in) that lower the cost and keep the cap, in rounds, as PAM / FasterPAM do
 but without the N x N matrix. Every candidate keeps its nearest and second-nearest centre (picks and
 existing samples) and the distances to them. In a round, each cluster (the candidates nearest to one
-centre) proposes ``per_cluster`` candidates of its own (half nearest to its mean, half drawn with
-``seed``), and the change of cost of swapping one in for any pick is computed against the members of the
-``neighbours`` clusters whose centres are nearest, plus the exact removal cost of every other pick. Points
-outside that neighbourhood are treated as not gaining, so a computed improvement is a lower bound on the
-true one and a computed cap check is conservative: an accepted swap never breaks the cap. Each cluster's
-best improving swap is collected; those whose neighbourhoods do not overlap are applied together, the
-nearest centres are updated incrementally, and the round is checked (cost lower, cap kept); if not, only
-the single best swap is applied (exactly valid). The search stops when no swap improves the cost by more
-than ``1e-6`` of it, or after ``max_rounds``. Existing samples are centres that are never removed: they
-cover and represent candidates, so the picks go where the dataset lacks samples. Deterministic for a seed
-(the same machine and thread count).
+centre) proposes ``per_cluster`` of its members (half nearest to its mean, half drawn with ``seed``); the
+change of cost of swapping one in is computed exactly for the removal of each pick among the ``neighbours``
+nearest centres (from their members; a cluster over 4x the mean size is read strided, for the gain only),
+and conservatively for the removal of the cheapest pick whose members all have a second centre within the
+cap. Candidates outside the neighbourhood are counted as not gaining, so a computed improvement is a lower
+bound on the true one, and the cap check (every candidate of the removed pick with no second centre within
+the cap must be within it of the new one) is exact. Each cluster's best improving swap is collected and a
+batch taken in order of gain, skipping swaps that would remove both nearest centres of some candidate (so
+every cap check still holds for the whole batch) or that share the two nearest centres of their clusters
+with an earlier one (so gains do not overlap much); the nearest two centres are updated incrementally and
+the batch is checked (cost lower, cap kept), else its better half is retried, down to one swap, which is
+exactly valid. A cluster proposes again only when a centre of its neighbourhood changed. The search stops
+when no swap gains more than ``1e-6`` of the cost, or after ``max_rounds``. Existing samples are centres
+that are never removed: they cover and represent candidates, so the picks go where the dataset lacks
+samples. Deterministic for a seed (on the same machine and BLAS thread count).
 
 **Complexity** (N candidates, M existing, k picks, D dimensions, L = ``neighbours``, m = ``per_cluster``):
-the farthest-first start (see selection.py), one nearest-two-centres pass ``O(N (M + k) D)`` (faiss), then
-per round ``O(N m L D)`` for the proposals plus ``O((N b + n_a (M + k)) D)`` for the update, where b is
-the number of swaps applied and n_a the candidates whose nearest two centres were swapped out.
-**Memory**: the farthest-first engine's (~60 bytes per candidate) then 16 bytes per candidate (nearest two
-centres and distances) plus 8 for the cluster order and blocks of at most ``chunk_size`` rows; no N x N
+the farthest-first start (see selection.py), one nearest-two-centres pass ``O(N (M + k) D)``, then per
+round at most ``O(N m L D)`` for the proposals (a bounded area per cluster; clusters with an unchanged
+neighbourhood skip) and ``O((N b + n_a (M + k)) D)`` for the update, b the swaps applied and n_a the
+candidates whose nearest or second-nearest centre was swapped out. Measured (``bench/selection_quality.py
+--scale``): rounds dominate, roughly linear in N. **Memory**: the farthest-first engine's (~60 bytes per
+candidate) then ~70 bytes per candidate (nearest two centres and distances, a saved copy of them for the
+batch check, the cluster order and the centre pairs) plus distance blocks of at most 16 MiB; no N x N
 matrix.
 """
 
@@ -47,6 +53,10 @@ from lightly_tasks.selection import StoppingCondition, kcenter_greedy
 _REL_TOL = 1e-6
 # Swaps applied in one round must not share any of the nearest _CONFLICT centres of their two clusters.
 _CONFLICT = 2
+# Members of a neighbouring cluster that a proposal reads: _AREA_FACTOR times the mean cluster size, at
+# least _AREA_MIN; a larger cluster is read strided.
+_AREA_FACTOR = 4
+_AREA_MIN = 256
 # Entries of a candidates x centres distance block (16 MiB of float32).
 _BLOCK_FLOATS = 1 << 22
 # Relative float32 margin on the cap when the round check compares the radius with it.
@@ -82,7 +92,7 @@ def representative_greedy(
     radius_slack: float = 0.0,
     neighbours: int = 8,
     per_cluster: int = 8,
-    max_rounds: int = 50,
+    max_rounds: int = 20,
     seed: int = 0,
     chunk_size: int = 65536,
 ) -> Representatives:
@@ -131,8 +141,8 @@ class _Search:
     """Centres (existing samples first, then the picks) and every candidate's nearest two of them.
 
     ``a1``/``a2`` (N,) int32 centre numbers (-1: none), ``d1``/``d2`` (N,) float32 distances to them
-    (``inf`` when there is no such centre); ``slot_of`` (N,) is not kept: ``picks`` (k,) holds the candidate
-    index of each pick, centre ``M + i`` being ``picks[i]``.
+    (``inf`` when there is no such centre); ``picks`` (k,) holds the candidate index of each pick, centre
+    ``M + i`` being ``picks[i]``; ``dirty`` (M + k,) marks centres whose cluster changed since last round.
     """
 
     def __init__(self, x: np.ndarray, existing: np.ndarray, picks: np.ndarray, chunk_size: int) -> None:
@@ -142,6 +152,7 @@ class _Search:
         self.sq = np.einsum("ij,ij->i", x, x)
         self.is_pick = np.zeros(len(x), bool)
         self.is_pick[self.picks] = True
+        self.dirty = np.ones(len(self.centres), bool)
         n = len(x)
         self.a1, self.a2 = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
         self.d1, self.d2 = np.full(n, np.inf, np.float32), np.full(n, np.inf, np.float32)
@@ -217,22 +228,34 @@ class _Search:
         free = free[np.argsort(removal[free], kind="stable")]
         homes = np.flatnonzero(np.diff(bounds) > 0)
         near = self._neighbourhoods(homes, neighbours)
+        # Clusters whose neighbourhood did not change since they last proposed nothing are skipped.
+        homes = [h for h in homes if self.dirty[near[int(h)]].any()]
+        self.dirty[:] = False
+        area_cap = max(_AREA_MIN, _AREA_FACTOR * -(-len(self.x) // n_centres))
         proposals = []
         for h in homes:
             members = order[bounds[h] : bounds[h + 1]]
             found = self._propose(int(h), members, near[int(h)], order, bounds, gain_d2, removal, free, cap,
-                                  per_cluster, rng)
+                                  per_cluster, rng, area_cap)
             if found is not None and found[0] < -_REL_TOL * cost:
                 proposals.append(found)
         if not proposals:
             return 0
         proposals.sort(key=lambda p: (p[0], p[1]))
-        taken = np.zeros(n_centres, bool)
+        # A batch never removes both nearest centres of a candidate (then each swap's cap check holds for
+        # the batch), and its swaps do not share nearby centres (then their gains mostly add up).
+        pairs = self.a1.astype(np.int64) * n_centres + self.a2
+        pairs = np.unique(np.concatenate([pairs, self.a2.astype(np.int64) * n_centres + self.a1])[
+            np.concatenate([self.a2, self.a2]) >= 0])
+        first = np.searchsorted(pairs // n_centres, np.arange(n_centres + 1))
+        taken, blocked = np.zeros(n_centres, bool), np.zeros(n_centres, bool)
         batch = []
         for _, pick, slot, h in proposals:
             area = np.union1d(near[h][:_CONFLICT], near.get(slot, np.array([slot]))[:_CONFLICT])
-            if not taken[area].any():
+            if not taken[area].any() and not blocked[slot]:
                 taken[area] = True
+                blocked[slot] = True
+                blocked[pairs[first[slot] : first[slot + 1]] % n_centres] = True
                 batch.append((pick, slot))
         saved = (self.picks.copy(), self.is_pick.copy(), self.centres.copy(), self.a1.copy(), self.a2.copy(),
                  self.d1.copy(), self.d2.copy())
@@ -241,9 +264,14 @@ class _Search:
             if len(batch) == 1 or (
                 self.d1.max() <= cap * (1 + _CAP_SLACK) and float(self.d1.sum(dtype=np.float64)) < cost
             ):
+                changed = (self.a1 != saved[3]) | (self.a2 != saved[4])
+                for a in (self.a1[changed], self.a2[changed], saved[3][changed], saved[4][changed]):
+                    self.dirty[a[a >= 0]] = True
+                self.dirty[[slot for _, slot in batch]] = True
                 return len(batch)
-            # Some swaps of the batch interfered: retry with the better half (one swap alone is exact).
+            # The gains of some swaps overlapped: retry with the better half (one swap alone is exact).
             self.picks, self.is_pick, self.centres, self.a1, self.a2, self.d1, self.d2 = (a.copy() for a in saved)
+            self.dirty[:] = False
             batch = batch[: len(batch) // 2]
 
     def _neighbourhoods(self, homes: np.ndarray, neighbours: int) -> dict[int, np.ndarray]:
@@ -277,6 +305,7 @@ class _Search:
         cap: float,
         per_cluster: int,
         rng: np.random.Generator,
+        area_cap: int,
     ) -> tuple[float, int, int, int] | None:
         """The best swap (change of cost, candidate in, centre slot out, home) bringing in one of cluster
         ``h``'s members, or None when no swap is allowed."""
@@ -292,23 +321,33 @@ class _Search:
         rest = by_mean[half:]
         if len(rest) and per_cluster > half:
             cands = np.concatenate([cands, rng.choice(rest, size=min(len(rest), per_cluster - half), replace=False)])
-        area = np.concatenate([order[bounds[j] : bounds[j + 1]] for j in near])
+        # The members of the neighbouring clusters; of a large one (other than h), an evenly strided share
+        # only, which then counts towards the gain but is not considered for removal.
+        runs, whole = [], np.ones(len(near), bool)
+        for i, j in enumerate(near):
+            run = order[bounds[j] : bounds[j + 1]]
+            if j != h and len(run) > area_cap:
+                run, whole[i] = run[:: -(-len(run) // area_cap)], False
+            runs.append(run)
+        area = np.concatenate(runs)
         xc = x[cands]
         dc = self.sq[cands][:, None] + self.sq[area][None, :] - 2 * (xc @ x[area].T)
         np.sqrt(np.maximum(dc, 0, out=dc), out=dc)
         d1, d2 = self.d1[area], gain_d2[area]
         shared = np.minimum(dc - d1, 0).sum(axis=1, dtype=np.float64)
-        # Per-cluster sums over the area's contiguous member runs, by differences of running sums.
-        ends = np.cumsum([bounds[j + 1] - bounds[j] for j in near])
+        # Per-cluster sums over the area's contiguous runs, by differences of running sums.
+        ends = np.cumsum([len(run) for run in runs])
         starts = np.concatenate([[0], ends[:-1]])
         change = _run_sums(np.minimum(dc, d2) - np.minimum(dc, d1), starts, ends)
         crit = (self.d2[area] > cap)[None, :] & (dc > cap)
         blocked = _run_sums(crit, starts, ends) > 0
-        blocked |= (near < self.m)[None, :]
+        blocked |= ((near < self.m) | ~whole)[None, :]
         inside = np.where(blocked, np.inf, shared[:, None] + change)
         best_in = np.unravel_index(np.argmin(inside), inside.shape)
         result = (float(inside[best_in]), int(cands[best_in[0]]), int(near[best_in[1]]), h)
-        outside = next((int(j) for j in free[: len(near) + 1] if j not in near), None)
+        # Removing any pick whose members all have a second centre within the cap: members of it in the
+        # area counted in ``shared`` too only make the estimate larger than the true change.
+        outside = int(free[0]) if len(free) else None
         if outside is not None:
             c = int(np.argmin(shared))
             delta = float(shared[c] + removal[outside])

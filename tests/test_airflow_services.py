@@ -8,6 +8,10 @@ One module-scoped temporary AIRFLOW_HOME (SQLite, DAGs serialised by ``airflow d
 * ``POST /api/v2/dags/lightly_curation/dagRuns``: a bad value is rejected with 4xx before a run exists, a good
   conf is accepted;
 * ``airflow backfill create`` over three days: three backfill runs with daily data intervals.
+
+Two ``slow`` tests start their own home with a scheduler (LocalExecutor) and more (several minutes each on 2
+cores): an S3 put on the moto server reaching an asset-triggered run through SQS, the triggerer and the
+scheduler; and a three-day backfill executed to success, whose tags partition the folder's objects.
 """
 
 from __future__ import annotations
@@ -151,6 +155,7 @@ def _wait(predicate, timeout: float, home: AirflowHome, what: str) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_s3_event_starts_a_curation_run(tmp_path, s3) -> None:
     """put object -> S3 notification -> SQS -> triggerer (asset watcher) -> asset event -> scheduler -> run.
 
@@ -203,6 +208,7 @@ def test_s3_event_starts_a_curation_run(tmp_path, s3) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_scheduler_runs_a_backfill_window_by_window(tmp_path) -> None:
     """``airflow backfill create`` over three days, executed by a real scheduler (LocalExecutor) and api-server."""
     import os
@@ -246,7 +252,7 @@ def test_scheduler_runs_a_backfill_window_by_window(tmp_path) -> None:
                 return runs
             return None
 
-        runs = _wait(finished, 540, home, "three finished backfill runs")
+        runs = _wait(finished, 1200, home, "three finished backfill runs")
         assert [r["state"] for r in runs] == ["success"] * 3, runs
         store = DatasetStore(store_url)
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +86,7 @@ def scenario(request, tmp_path_factory, airflow_db) -> Scenario:
                 store.upload_folder(folder, sc.src, "raw/", keys=sc.added)
         if store is not None:
             store.proxy.reset()
-        started = time.monotonic()
         sc.runs[run] = _run(dag, conf, sc.logs, run)
-        print(f"TIMING {name} {run} {time.monotonic() - started:.1f}s")
         if store is not None:
             sc.fetched[run] = [e for e in store.proxy.exchanges(sc.src) if e.method == "GET" and e.key]
     process_all = {**sc.conf, "datasource": {"uri": datasource, "process_all": True},

@@ -1,10 +1,11 @@
 """The whole ``lightly_curation`` DAG on an S3 datasource (moto server behind the counting proxy).
 
-One module-scoped scenario, four ``dag.test()`` runs: a first run with artifacts and the dump in other
-buckets (through a second connection), a datapool rerun after new objects land, a ``process_all`` run, and a
-run on a bucket that does not exist. The proxy measures what crossed the network to the datasource bucket,
+One module-scoped scenario, two ``dag.test()`` runs: a first run with artifacts and the dump in other
+buckets (through a second connection), an object over ``max_object_bytes`` and folder markers, and a run on a
+bucket that does not exist. The proxy measures what crossed the network to the datasource bucket,
 independently of the pipeline's own byte counters, and every trace of the runs is searched for the
-connections' secrets.
+connections' secrets. The datapool rerun and ``process_all`` on S3 are in the datasource matrix
+(tests/test_dag_datasources.py), which runs them on file, S3, GCS and Azure alike.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 import pytest
 
 from lightly_tasks.artifacts import safe_run_id
-from lightly_tasks.demo_data import add_images, build_demo_folder
+from lightly_tasks.demo_data import build_demo_folder
 from lightly_tasks.store import DatasetStore
 from tests.s3_server import S3Emulator
 
@@ -108,16 +109,6 @@ def scenario(tmp_path_factory, airflow_db, s3: S3Emulator) -> dict[str, Any]:
         s3.proxy.reset()
         runs["first"] = _run(dag, conf, logs, "first")
         traffic["first"] = s3.proxy.exchanges(src)
-
-        added = add_images(folder, n_images=5, seed=9)
-        s3.upload_folder(folder, src, "raw/", keys=added)
-        s3.proxy.reset()
-        runs["second"] = _run(dag, {**conf, "dump": {}}, logs, "second")
-        traffic["second"] = s3.proxy.exchanges(src)
-
-        process_all = {**conf["datasource"], "process_all": True}
-        third = {**conf, "dump": {}, "datasource": process_all, "stopping_condition": {"n_samples": 2}}
-        runs["third"] = _run(dag, third, logs, "third")
         missing = {**conf, "datasource": {"uri": "s3://no-such-bucket-lightly/raw"}}
         runs["missing"] = _run(dag, missing, logs, "missing")
     finally:
@@ -125,7 +116,6 @@ def scenario(tmp_path_factory, airflow_db, s3: S3Emulator) -> dict[str, Any]:
     return {
         "root": root,
         "demo": demo,
-        "added": added,
         "src": src,
         "art": art,
         "out": out,
@@ -210,29 +200,13 @@ def test_self_reported_traffic_matches_the_wire(s3: S3Emulator, scenario: dict[s
     assert on_wire <= 1.2 * dataset_bytes + selected_bytes
 
 
-def test_rerun_reads_only_the_new_objects(s3: S3Emulator, scenario: dict[str, Any]) -> None:
-    assert scenario["runs"]["second"].state == "success"
-    report = _report(s3, scenario, "second")
-    added = set(scenario["added"])
-    assert report["datasetSizes"]["nInput"] == len(added)
-    assert report["datasetSizes"]["nSkippedSeen"] == report["datasetSizes"]["nListed"] - len(added)
-    fetched = {e.key.removeprefix("raw/") for e in scenario["traffic"]["second"] if e.is_object_get}
-    assert fetched == added
-    assert set(_lines(s3, report["outputs"]["selected_filenames"])) <= added
+def test_datapool_holds_every_listed_object_even_too_large_ones(scenario: dict[str, Any]) -> None:
     store = DatasetStore(scenario["conf"]["store_url"])
     try:
         seen = store.seen_objects("ds", f"s3://{scenario['src']}/raw")
     finally:
         store.close()
-    assert added <= set(seen) and HUGE_KEY in seen
-
-
-def test_process_all_reconsiders_everything(s3: S3Emulator, scenario: dict[str, Any]) -> None:
-    assert scenario["runs"]["third"].state == "success"
-    sizes = _report(s3, scenario, "third")["datasetSizes"]
-    assert sizes["nSkippedSeen"] == 0 and sizes["nInput"] == sizes["nListed"]
-    assert sizes["nInDataset"] == sizes["nDatasetBefore"]
-    assert sizes["nSelected"] == 2
+    assert set(seen) == {*scenario["demo"].all_keys(), HUGE_KEY}, "the failed run must leave the datapool as it was"
 
 
 def test_missing_bucket_fails_the_list_task_naming_the_bucket(scenario: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ the measured claim that training beats the random initialisation on real labeled
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,15 @@ from lightly_tasks.digits import load_digits, write_digits_folder
 from lightly_tasks.embedding import build_model, embed
 from lightly_tasks.knn import knn_accuracy
 from lightly_tasks.storage import location_from_uri
-from lightly_tasks.training import BACKBONE, CHECKPOINT, TrainingSettings, shuffled_batches, train
+from lightly_tasks.training import (
+    BACKBONE,
+    CHECKPOINT,
+    TrainingSettings,
+    _use_center_tap_convs,
+    build_method,
+    shuffled_batches,
+    train,
+)
 
 
 def _parts(images: np.ndarray, size: int = 16) -> list[CachePart]:
@@ -34,6 +43,35 @@ def test_random_views_are_per_sample_seeded_and_normalised() -> None:
     assert not torch.allclose(a, c)
     assert not torch.allclose(a[0], a[1])
     assert -2.2 < float(a.min()) and float(a.max()) < 2.7  # ImageNet-normalised [0, 1] pixels
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_center_tap_convolution_matches_conv2d_values_and_gradients(stride: int) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 4, 3, stride=stride, padding=1, bias=False)
+    fast = _use_center_tap_convs(torch.nn.Sequential(copy.deepcopy(conv)))[0]
+    assert type(fast) is not torch.nn.Conv2d and fast.state_dict().keys() == conv.state_dict().keys()
+    for side in (1, 3):
+        x = torch.randn(5, 8, side, side)
+        ours, reference = fast(x), conv(x)
+        torch.testing.assert_close(ours, reference)
+        ours.square().sum().backward()
+        reference.square().sum().backward()
+        torch.testing.assert_close(fast.weight.grad, conv.weight.grad)
+        fast.zero_grad()
+        conv.zero_grad()
+
+
+def test_training_keeps_the_backbone_batch_norm_statistics(tmp_path: Path) -> None:
+    method = build_method(TrainingSettings()).train()
+    assert not method.backbone.bn1.training and method.projection.training
+    images = load_digits(16, n=32)[0]
+    settings = TrainingSettings(epochs=1, batch_size=16, image_size=16)
+    train(settings, _parts(images), location_from_uri(tmp_path.as_uri()))
+    trained = build_model("resnet18", (tmp_path / BACKBONE).read_bytes())
+    initial = build_model("resnet18")
+    torch.testing.assert_close(trained.bn1.running_var, initial.bn1.running_var)
+    assert not torch.equal(trained.conv1.weight, initial.conv1.weight)
 
 
 def test_shuffled_batches_cover_distinct_images_in_random_order() -> None:
@@ -140,22 +178,20 @@ def _embeddings(ctx: pipeline.RunContext) -> np.ndarray:
     return artifacts.read_embeddings(ctx.run, "embedding/shard-00000.parquet")[1]
 
 
-@pytest.mark.slow
 def test_trained_model_beats_random_init_on_digits(tmp_path: Path) -> None:
-    """kNN accuracy of resnet18 embeddings on the 1,797 varied digits: 12 SimCLR epochs vs the random init.
+    """kNN accuracy of resnet18 embeddings on 600 varied digits at 16 px: 10 SimCLR epochs vs the random init.
 
-    ~5 min on 2 CPU cores (20k training images), hence ``slow``: measured with bench/training.py, SimCLR at
-    32 px is still at or below the random init after the ~3k training images that 60 s buy, and clearly above
-    it from ~20k on (+6 points after 10 epochs, +16 after 30).
+    Fixed seeds (digits, init, batches, views). Measured: 0.47 -> 0.57 (k = 5) in ~80 s of training on 2 busy
+    cores; bench/training.py gives the full figure (all 1,797 digits at 32 px, and a held-out split).
     """
-    images, labels = load_digits(32, varied=True)
+    images, labels = load_digits(16, n=600, varied=True)
 
     def accuracy(model: torch.nn.Module) -> float:
-        return knn_accuracy(embed(model, [images], total=len(images), batch_size=256), labels, k=5)
+        return knn_accuracy(embed(model, [images], total=len(images), batch_size=300), labels, k=5)
 
     random_init = accuracy(build_model("resnet18"))
-    settings = TrainingSettings(epochs=20, batch_size=64, image_size=32)
-    result = train(settings, _parts(images, 256), location_from_uri(tmp_path.as_uri()))
+    settings = TrainingSettings(epochs=10, batch_size=64, lr=3e-4, image_size=16)
+    result = train(settings, _parts(images, 128), location_from_uri(tmp_path.as_uri()), device=torch.device("cpu"))
     trained = accuracy(build_model("resnet18", (tmp_path / BACKBONE).read_bytes()))
-    assert result.loss_per_epoch[-1] < result.loss_per_epoch[0]
-    assert trained >= random_init + 0.05, (random_init, trained)
+    assert result.loss_per_epoch[-1] < result.loss_per_epoch[0] - 0.5, result.loss_per_epoch
+    assert trained >= random_init + 0.06, (random_init, trained)
