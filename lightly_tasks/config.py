@@ -704,7 +704,7 @@ class RunConfig:
     )
     video: VideoConfig = field(
         default_factory=VideoConfig,
-        metadata=_opt("Video", "frame_stride, timeout_seconds, backend (input_type: videos)."),
+        metadata=_opt("Video", "frame_stride, timeout_seconds, backend, isolate_decoder (input_type: videos)."),
     )
     selected_sequence_length: int = field(
         default=1,
