@@ -13,6 +13,7 @@ or ``-p tests.postgres_server``.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
@@ -30,6 +31,10 @@ import sqlalchemy as sa
 SKIP_ENV = "LIGHTLY_SKIP_POSTGRES"
 UNPRIVILEGED_USER = "nobody"
 _START_ATTEMPTS = 3
+
+# pgserver logs from an atexit hook, after pytest has closed the streams that the logging handlers write to
+# ("--- Logging error --- ValueError: I/O operation on closed file" at the end of every run).
+logging.getLogger("pgserver").propagate = False
 
 
 @dataclass
