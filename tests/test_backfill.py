@@ -22,6 +22,7 @@ from lightly_tasks.demo_data import add_images
 from lightly_tasks.storage import location_from_uri
 from lightly_tasks.store import DatasetStore
 from lightly_tasks.windows import RunWindow, WindowError, list_window, render_prefix, split_template
+from tests.airflow_dags import load_dag
 
 DAYS = [datetime(2026, 3, d, tzinfo=UTC) for d in (1, 2, 3)]
 PER_DAY = 3
@@ -29,14 +30,6 @@ PER_DAY = 3
 
 def _set_mtime(path: Path, when: datetime) -> None:
     os.utime(path, (when.timestamp(), when.timestamp()))
-
-
-def _dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("lightly_curation")
 
 
 def _tag_keys(store: DatasetStore, run_id: str) -> set[str]:
@@ -69,7 +62,7 @@ def backfill(tmp_path_factory, airflow_db) -> dict[str, Any]:
         "embedding": {"image_size": 32},
         "num_shards": 1,
     }
-    dag = _dag()
+    dag = load_dag("lightly_curation")
     runs = [dag.test(logical_date=day + timedelta(days=1), run_conf=conf) for day in DAYS]
     store = DatasetStore(conf["store_url"])
     pool_after_windows = store.seen_objects("hist", images.as_uri())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -23,18 +22,14 @@ from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.demo_data import add_images
 from lightly_tasks.store import SELECTED_COLUMNS, DatasetStore, RunCommit
 from lightly_tasks.watch_config import WATCH_CONFIG_ENV
+from tests.airflow_dags import dag_bag
 from tests.s3_server import S3Emulator
 
 pytestmark = pytest.mark.dag
 
-DAGS = Path(__file__).resolve().parent.parent / "dags"
-
 
 def _dags() -> tuple[Any, Any]:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert not bag.import_errors, bag.import_errors
+    bag = dag_bag()
     return bag.get_dag("lightly_bucket_watch"), bag.get_dag("lightly_curation")
 
 

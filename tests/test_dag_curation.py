@@ -17,18 +17,11 @@ import pytest
 
 from lightly_tasks.demo_data import add_images, build_demo_folder
 from lightly_tasks.store import DatasetStore
+from tests.airflow_dags import load_dag
 
 pytestmark = pytest.mark.dag
 
 N_SAMPLES = 12
-
-
-def _dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("lightly_curation")
 
 
 def _run(dag, conf: dict[str, Any]):
@@ -57,7 +50,7 @@ def scenario(tmp_path_factory, airflow_db) -> dict[str, Any]:
         "embedding": {"image_size": 64},
         "num_shards": 2,
     }
-    dag = _dag()
+    dag = load_dag("lightly_curation")
     first = _run(dag, conf)
     store = DatasetStore(conf["store_url"])
     seen_after_first = store.seen_objects("ds", images.as_uri())

@@ -21,8 +21,9 @@ import pytest
 from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.demo_data import add_images, build_demo_folder
 from lightly_tasks.store import DatasetStore
+from tests.airflow_dags import load_dag
 from tests.cloud_emulators import ObjectStore, object_store_for
-from tests.test_dag_s3 import _dag, _run
+from tests.test_dag_s3 import _run
 
 pytestmark = pytest.mark.dag
 
@@ -78,7 +79,7 @@ def scenario(request, tmp_path_factory, airflow_db) -> Scenario:
         "batch_size": 16,
         "num_shards": 1,
     }
-    dag = _dag()
+    dag = load_dag("lightly_curation")
     for run, conf in (("first", sc.conf), ("second", sc.conf)):
         if run == "second":
             sc.added = add_images(folder, n_images=N_ADDED, seed=22)

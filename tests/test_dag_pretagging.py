@@ -17,6 +17,7 @@ import pytest
 from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.predictions import load_predictions
 from lightly_tasks.storage import location_from_uri
+from tests.airflow_dags import load_dag
 from tests.tiny_models import RedBoxDetector, detector_schema, red_box_image, torchscript_bytes
 
 pytestmark = pytest.mark.dag
@@ -32,8 +33,6 @@ IMAGES = {
 
 @pytest.fixture(scope="module")
 def pretagged_run(tmp_path_factory, airflow_db) -> dict[str, Any]:
-    from airflow.dag_processing.dagbag import DagBag
-
     root = tmp_path_factory.mktemp("pretagging")
     images = root / "images"
     (images / "nested").mkdir(parents=True)
@@ -55,9 +54,7 @@ def pretagged_run(tmp_path_factory, airflow_db) -> dict[str, Any]:
         "pretagging": True,
         "pretagging_config": {"model": model.as_uri(), "task_name": TASK, "batch_size": 3},
     }
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    dag_run = bag.get_dag("lightly_curation").test(run_conf=conf)
+    dag_run = load_dag("lightly_curation").test(run_conf=conf)
     run_dir = root / "artifacts" / "tagged" / "runs" / safe_run_id(dag_run.run_id)
     return {
         "run": dag_run,

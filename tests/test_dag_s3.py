@@ -26,6 +26,7 @@ import pytest
 from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.demo_data import build_demo_folder
 from lightly_tasks.store import DatasetStore
+from tests.airflow_dags import load_dag
 from tests.s3_server import S3Emulator
 
 pytestmark = pytest.mark.dag
@@ -67,14 +68,6 @@ def _run(dag, conf: dict[str, Any], logs: dict[str, str], name: str):
         logs[name] = out.copy.getvalue() + err.copy.getvalue()
 
 
-def _dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("lightly_curation")
-
-
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, airflow_db, s3: S3Emulator) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("curation-s3")
@@ -101,7 +94,7 @@ def scenario(tmp_path_factory, airflow_db, s3: S3Emulator) -> dict[str, Any]:
         "num_shards": 2,
         "max_object_bytes": MAX_OBJECT_BYTES,
     }
-    dag = _dag()
+    dag = load_dag("lightly_curation")
     runs: dict[str, Any] = {}
     traffic: dict[str, list] = {}
     logs: dict[str, str] = {}

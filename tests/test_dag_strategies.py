@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from lightly_tasks.demo_data import build_demo_folder
 from lightly_tasks.predictions import PredictionSchema, write_predictions, write_task
 from lightly_tasks.storage import location_from_uri
+from tests.airflow_dags import load_dag
 
 pytestmark = pytest.mark.dag
 
@@ -36,8 +36,6 @@ def _label(key: str) -> tuple[int, list[float]]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
     root = tmp_path_factory.mktemp("strategies")
     images = root / "images"
     demo = build_demo_folder(images, n_images=24, seed=5)
@@ -72,7 +70,7 @@ def run(tmp_path_factory, airflow_db):
         "embedding": {"image_size": 64},
         "num_shards": 1,
     }
-    dag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags")).get_dag("lightly_curation")
+    dag = load_dag("lightly_curation")
     dag_run = dag.test(run_conf=conf)
     from lightly_tasks.artifacts import safe_run_id
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import collections
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.demo_data import build_demo_folder
+from tests.airflow_dags import load_dag
 from tests.s3_server import S3Emulator
 
 pytestmark = pytest.mark.dag
@@ -26,8 +26,6 @@ EPOCHS = 10
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, airflow_db, s3: S3Emulator) -> dict[str, Any]:
-    from airflow.dag_processing.dagbag import DagBag
-
     root = tmp_path_factory.mktemp("training")
     images = root / "images"
     demo = build_demo_folder(images, n_images=24, seed=5)
@@ -44,10 +42,8 @@ def trained_run(tmp_path_factory, airflow_db, s3: S3Emulator) -> dict[str, Any]:
         "training": {"epochs": EPOCHS, "batch_size": 8, "image_size": 16},
         "num_shards": 2,
     }
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
-    assert not bag.import_errors, bag.import_errors
     s3.proxy.reset()
-    dag_run = bag.get_dag("lightly_curation").test(run_conf=conf)
+    dag_run = load_dag("lightly_curation").test(run_conf=conf)
     exchanges = s3.proxy.exchanges(src)
     run_dir = root / "artifacts" / "trained" / "runs" / safe_run_id(dag_run.run_id)
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}

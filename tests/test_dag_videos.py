@@ -20,19 +20,12 @@ from lightly_tasks.demo_videos import build_demo_videos, write_video
 from lightly_tasks.frame_names import parse_frame_key
 from lightly_tasks.store import DatasetStore
 from lightly_tasks.video import PyAVReader
+from tests.airflow_dags import load_dag
 
 pytestmark = pytest.mark.dag
 
 N_SAMPLES = 12
 SEQUENCE = 4
-
-
-def _dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("lightly_curation")
 
 
 def _report(root: Path, run_id: str) -> dict[str, Any]:
@@ -74,7 +67,7 @@ def scenario(tmp_path_factory, airflow_db) -> dict[str, Any]:
         "video": {"timeout_seconds": 60},
         "num_shards": 2,
     }
-    dag = _dag()
+    dag = load_dag("lightly_curation")
     first = dag.test(run_conf=conf)
     store = DatasetStore(conf["store_url"])
     seen_after_first = store.seen_objects("vids", videos.as_uri())
@@ -212,7 +205,7 @@ def s3_scenario(tmp_path_factory, airflow_db, s3) -> dict[str, Any]:
         "embedding": {"image_size": 32},
     }
     s3.proxy.reset()
-    run = _dag().test(run_conf=conf)
+    run = load_dag("lightly_curation").test(run_conf=conf)
     return {
         "root": root,
         "demo": demo,
