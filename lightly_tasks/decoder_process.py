@@ -34,7 +34,7 @@ from typing import Any
 
 from lightly_tasks.frame_samples import FrameResult
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
-from lightly_tasks.storage import ByteCounter, Location, ObjectReadError
+from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
 from lightly_tasks.video import DecodeStats, StreamInfo, VideoOpenError
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,8 @@ class IsolatedVideoJob:
             return "pos", f.seek(request[1], request[2])
         except DeadlineExceeded:
             raise
-        except FileNotFoundError:
-            self._read_error = "missing: the object disappeared after listing"
-        except (ObjectReadError, OSError) as exc:
-            self._read_error = f"read error: {type(exc).__name__}: {exc}"
+        except OSError as exc:
+            self._read_error = read_failure_reason(exc)
         return "ioerror", self._read_error
 
     def __iter__(self) -> Iterator[FrameResult]:
@@ -213,10 +211,8 @@ class IsolatedVideoJob:
                 yield from self._exchange(f)
         except DeadlineExceeded:
             self._timed_out()
-        except FileNotFoundError:
-            self.error = "missing: the object disappeared after listing"
-        except (ObjectReadError, OSError) as exc:
-            self.error = f"read error: {type(exc).__name__}: {exc}"
+        except OSError as exc:
+            self.error = read_failure_reason(exc)
 
     def _exchange(self, f: io.RawIOBase) -> Iterator[FrameResult]:
         assert self._connections is not None

@@ -21,7 +21,7 @@ from lightly_tasks.corruptness import DEFAULT_MAX_PIXELS, check_image, content_h
 from lightly_tasks.metadata import reduced_decode_size, working_copy, working_copy_metadata
 from lightly_tasks.ordered_map import ordered_map
 from lightly_tasks.progress import Progress
-from lightly_tasks.storage import ByteCounter, Location, read_object
+from lightly_tasks.storage import ByteCounter, Location, read_failure_reason, read_object
 from lightly_tasks.thumbnails import thumbnail
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,8 @@ def decode_shard(
             return Decoded("corrupt", reason, None, {"sizeInBytes": size}, None)
         try:
             data = read_object(datasource, key, counter, size=size)
-        except FileNotFoundError:
-            return Decoded("corrupt", "missing: the object disappeared after listing", None, {}, None)
         except OSError as exc:
-            return Decoded("corrupt", f"read error: {type(exc).__name__}: {exc}", None, {}, None)
+            return Decoded("corrupt", read_failure_reason(exc), None, {}, None)
         return decode_object(data, image_size=image_size, max_pixels=max_pixels, verify=verify)
 
     progress = Progress("decode", len(objects))

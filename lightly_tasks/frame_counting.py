@@ -35,7 +35,7 @@ from lightly_tasks.decoding import ordered_map
 from lightly_tasks.mp4_header import FragmentedMp4Error, Mp4HeaderError, NotMp4Error, read_mp4_header
 from lightly_tasks.progress import Progress
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
-from lightly_tasks.storage import ByteCounter, Location, ObjectReadError
+from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
 from lightly_tasks.video import VideoOpenError, probe
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,8 @@ def count_frames(
         row["header_error"] = str(exc)
     except DeadlineExceeded as exc:
         row["header_error"] = f"timeout: reading the header: {exc}"
-    except FileNotFoundError:
-        row["header_error"] = "missing: the object disappeared after listing"
-    except (ObjectReadError, OSError) as exc:
-        row["header_error"] = f"read error: {type(exc).__name__}: {exc}"
+    except OSError as exc:
+        row["header_error"] = read_failure_reason(exc)
     counter.add(own.total)
     row["header_bytes"] = own.total
     row["count_seconds"] = round(time.monotonic() - started, 4)

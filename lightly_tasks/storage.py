@@ -48,6 +48,13 @@ class ObjectReadError(OSError):
     """Reading one object failed for a reason other than its absence, after the filesystem's retries."""
 
 
+def read_failure_reason(exc: OSError) -> str:
+    """The verdict reason for an object whose read failed: it vanished after listing, or the read itself failed."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing: the object disappeared after listing"
+    return f"read error: {type(exc).__name__}: {exc}"
+
+
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Exceptions a filesystem raises for a failed transfer (OS errors plus botocore's and aiohttp's own)."""
     errors: list[type[BaseException]] = [OSError]

@@ -46,7 +46,7 @@ from lightly_tasks.frame_samples import FrameResult
 from lightly_tasks.frame_samples import frame_result as _frame_result
 from lightly_tasks.progress import Progress
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
-from lightly_tasks.storage import ByteCounter, Location, ObjectReadError
+from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
 from lightly_tasks.video import DecodeStats, Frame, StreamInfo, VideoOpenError, open_reader
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,8 @@ class VideoJob:
             return  # the consumer stopped waiting and has recorded the timeout
         except VideoOpenError as exc:
             self._finish(str(exc))
-        except FileNotFoundError:
-            self._finish("missing: the object disappeared after listing")
-        except (ObjectReadError, OSError) as exc:
-            self._finish(f"read error: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            self._finish(read_failure_reason(exc))
         except Exception as exc:  # a decoder failure on one video must not end the shard
             log.exception("decoding %s failed", self.key)
             self._finish(f"decode error: {type(exc).__name__}: {exc}")

@@ -192,7 +192,7 @@ def stop_postgres(server: _Server) -> None:
 def postgres_url() -> Iterator[str]:
     """SQLAlchemy URL of the session's PostgreSQL server (superuser `postgres`, database `postgres`)."""
     if os.environ.get(SKIP_ENV) == "1":
-        pytest.skip(f"{SKIP_ENV}=1")
+        pytest.skip(f"{SKIP_ENV}=1: asked to run without the PostgreSQL server (the SQLite legs still run)")
     server: _Server | None = None
     try:
         server = start_postgres()
