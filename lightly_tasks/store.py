@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -313,6 +315,28 @@ def _on_datapool_conflict(stmt: Any) -> Any:
     )
 
 
+def _enable_wal(cursor: Any, *, timeout_s: float = 60.0) -> None:
+    """Switch a SQLite database to WAL, retrying while another connection holds the lock.
+
+    Switching the journal mode needs an exclusive lock and SQLite answers "database is locked" at once,
+    without its busy handler, when several processes open a new store file together; once in WAL the
+    mode is persistent and the check below is a plain read.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 class DatasetStore:
     """Reads and writes one dataset store database (SQLite file or PostgreSQL) given its SQLAlchemy URL."""
 
@@ -353,7 +377,7 @@ class DatasetStore:
             # Take transaction control from pysqlite so that writers can BEGIN IMMEDIATE (see _on_begin).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()

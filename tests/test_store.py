@@ -366,6 +366,28 @@ def test_sqlite_uses_wal_and_foreign_keys(tmp_path) -> None:
     engine.dispose()
 
 
+def test_many_connections_opening_a_new_sqlite_store_at_once(tmp_path) -> None:
+    """Opening a fresh file together (the WAL switch needs an exclusive lock) never fails with "locked"."""
+    errors: list[BaseException] = []
+    for trial in range(10):
+        url = f"sqlite:///{tmp_path / f'new{trial}.db'}"
+        barrier = threading.Barrier(8)
+
+        def open_store(url: str = url, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                DatasetStore(url).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+
+
 def test_errors_and_repr_hide_the_password() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
