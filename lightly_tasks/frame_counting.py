@@ -3,9 +3,10 @@
 Per video, in order of cost:
 
 1. ``mp4 header``: an ISO BMFF file (MP4, MOV, M4V) is counted from its ``moov`` box by
-   :mod:`lightly_tasks.mp4_header`: a few box headers plus the ``moov`` body.
-2. ``container header``: any other container (AVI, MKV, WebM, fragmented MP4) is opened with PyAV through a
-   small I/O buffer; AVI and many others carry the frame count in their header.
+   :mod:`lightly_tasks.mp4_header`: a few box headers plus the ``moov`` body. ``avi header``: an AVI is
+   counted from its ``hdrl`` list by :mod:`lightly_tasks.avi_header` (three small reads).
+2. ``container header``: any other container (MKV, WebM, fragmented MP4, an AVI whose header lacks the count)
+   is opened with PyAV through a small I/O buffer; many carry the frame count in their header.
 3. ``decoding pass``: where the header has no count (Matroska/WebM usually), counting would mean demuxing
    the whole object, which the decoding pass does anyway. So this stage records only the header's estimate
    (``frames_estimate`` = duration x frame rate; ``frames`` stays empty) and the decoding pass counts the
@@ -25,14 +26,21 @@ import heapq
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
+from lightly_tasks.avi_header import AviHeaderError, AviVideoTrack, NotAviError, read_avi_header
 from lightly_tasks.decoder_process import DecoderProcess, probe_isolated
 from lightly_tasks.decoding import ordered_map
-from lightly_tasks.mp4_header import FragmentedMp4Error, Mp4HeaderError, NotMp4Error, read_mp4_header
+from lightly_tasks.mp4_header import (
+    FragmentedMp4Error,
+    Mp4HeaderError,
+    Mp4VideoTrack,
+    NotMp4Error,
+    read_mp4_header,
+)
 from lightly_tasks.progress import Progress
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
 from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
@@ -106,26 +114,14 @@ def _header(
     opened = {"size": size, "counter": counter, "deadline": deadline}
     with open_counted(location, key, block_size=HEADER_READ_BYTES, cache_type="none", **opened) as f:
         file_size = size if size is not None else f.seek(0, 2)
-        try:
-            track = read_mp4_header(f, file_size)
-        except (NotMp4Error, FragmentedMp4Error):
-            f.seek(0)
-            if process is None:
-                info = probe(f, buffer_size=HEADER_READ_BYTES)
-            else:
-                info = probe_isolated(process, f, key=key, buffer_size=HEADER_READ_BYTES, deadline=deadline)
+        parsed = _parsed_header(f, file_size)
+        if parsed is not None:
+            return parsed
+        f.seek(0)
+        if process is None:
+            info = probe(f, buffer_size=HEADER_READ_BYTES)
         else:
-            return {
-                "container": "mp4",
-                "codec": track.codec,
-                "width": track.width,
-                "height": track.height,
-                "fps": track.fps,
-                "duration": track.duration,
-                "frames": track.frames,
-                "frames_estimate": track.frames,
-                "count_method": "mp4 header",
-            }
+            info = probe_isolated(process, f, key=key, buffer_size=HEADER_READ_BYTES, deadline=deadline)
     row = {
         "container": info.container,
         "codec": info.codec,
@@ -141,6 +137,36 @@ def _header(
         estimate = round(info.duration * info.fps) if info.duration and info.fps else None
         row.update(frames=None, frames_estimate=estimate, count_method=DEFERRED)
     return row
+
+
+def _parsed_header(f: BinaryIO, file_size: int) -> dict[str, Any] | None:
+    """The row of an MP4/MOV or AVI counted by our own header parsers; None when FFmpeg must probe it.
+
+    An MP4 whose ``moov`` is broken raises (its verdict); an AVI header that gives no count falls back to
+    FFmpeg, which may still read the file.
+    """
+    try:
+        track: Mp4VideoTrack | AviVideoTrack = read_mp4_header(f, file_size)
+        container, method = "mp4", "mp4 header"
+    except FragmentedMp4Error:
+        return None
+    except NotMp4Error:
+        try:
+            track = read_avi_header(f, file_size)
+            container, method = "avi", "avi header"
+        except (NotAviError, AviHeaderError):
+            return None
+    return {
+        "container": container,
+        "codec": track.codec,
+        "width": track.width,
+        "height": track.height,
+        "fps": track.fps,
+        "duration": track.duration,
+        "frames": track.frames,
+        "frames_estimate": track.frames,
+        "count_method": method,
+    }
 
 
 def count_videos(

@@ -99,7 +99,7 @@ def test_first_run_counts_videos_and_frames(scenario):
     assert summary["nCorrupt"] == len(demo.broken)
     assert summary["nPartial"] == len(demo.damaged) + len(demo.truncated)
     assert summary["backends"] == {"pyav": n_videos - len(demo.broken)}
-    assert summary["countMethods"] == {"mp4 header": 5, "container header": 1, "decoding pass": 2}
+    assert summary["countMethods"] == {"mp4 header": 5, "avi header": 1, "decoding pass": 2}
     assert report["datasetSizes"]["nSelected"] == N_SAMPLES
     frame_counting = report["stages"]["frame_counting"]
     assert 0 < frame_counting["bytesRead"] < report["traffic"]["datasourceBytes"]

@@ -41,7 +41,7 @@ def test_every_container_is_counted_with_its_method(counted) -> None:
         == methods["archive/clip.mov"]
         == "mp4 header"
     )
-    assert methods["archive/tape.avi"] == "container header"
+    assert methods["archive/tape.avi"] == "avi header"
     assert methods["drone/field.mkv"] == methods["drone/lake.webm"] == DEFERRED
     assert table.at["drone/lake.webm", "codec"] == "vp9" and table.at["archive/tape.avi", "codec"] == "mpeg4"
 

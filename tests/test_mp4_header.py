@@ -10,24 +10,12 @@ import pytest
 
 from lightly_tasks.demo_videos import truncate, write_video
 from lightly_tasks.mp4_header import Mp4HeaderError, NotMp4Error, read_mp4_header
-
-
-class _Tally(io.BytesIO):
-    """A BytesIO that counts the bytes read from it."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.read_bytes = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = super().read(size)
-        self.read_bytes += len(data)
-        return data
+from tests.read_tally import TallyFile
 
 
 def _header(path: Path):
     data = path.read_bytes()
-    f = _Tally(data)
+    f = TallyFile(data)
     return read_mp4_header(f, len(data)), f.read_bytes, len(data)
 
 
