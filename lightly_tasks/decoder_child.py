@@ -25,6 +25,8 @@ from lightly_tasks.video import VideoOpenError, open_reader, probe
 
 CRASH_HOOK_ENV = "LIGHTLY_TEST_DECODER_CRASH"
 """Test-only switch of the crash hook (see the module docstring)."""
+OOM_SCORE_ADJ = 1000
+"""The child's ``oom_score_adj``: the highest, so that under memory pressure the kernel kills it first."""
 POST_WORKERS = 2
 """Threads computing frames' metadata, thumbnail and hash while the decoder goes on (they release the GIL)."""
 
@@ -122,10 +124,20 @@ def _probe_one(to_parent: Connection, from_parent: Connection, spec: dict[str, A
         to_parent.send(("info", info))
 
 
+def _prefer_for_oom_kill() -> None:
+    """Ask Linux's OOM killer to pick this child before its parent (raising one's own score needs no rights)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(OOM_SCORE_ADJ))
+    except OSError:
+        pass  # not Linux, or /proc read-only: the child still runs, only without the preference
+
+
 def main(argv: list[str]) -> int:
     """The child's loop: decode the videos the parent names until it says ``exit`` or goes away."""
     from_parent = Connection(int(argv[0]), writable=False)
     to_parent = Connection(int(argv[1]), readable=False)
+    _prefer_for_oom_kill()
     to_parent.send(("ready",))
     while True:
         try:

@@ -11,6 +11,9 @@ per shard and again after each crash); the parent keeps everything else:
 - **Results**: the child decodes, computes each sampled frame's hash, metadata and thumbnail
   (:func:`~lightly_tasks.frame_samples.frame_result`) and sends back small :class:`FrameResult` records
   (thumbnails, never full-resolution frames).
+- **Isolation**: the child inherits no credentials from the environment (:func:`child_environment`) and asks
+  the kernel's OOM killer to pick it first, so a decoder that allocates without bound dies (a
+  ``decoder crashed (signal 9, SIGKILL)`` verdict for its video) instead of the worker.
 - **Verdicts**: when the child dies (end of file on its pipe), the video gets the reason
   ``decoder crashed (signal N, NAME)`` and the next video starts a fresh child; when the per-video time limit
   runs out, the parent kills the child (a hang in C code included) and records the timeout.
@@ -28,10 +31,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
+from lightly_tasks.decoder_child import CRASH_HOOK_ENV
 from lightly_tasks.frame_samples import FrameResult
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
 from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
@@ -45,6 +49,21 @@ PIPE_BYTES = 2**20
 """Pipe buffer asked for (Linux's default limit for unprivileged processes) so results rarely block."""
 STREAM_BLOCK_BYTES = 4 * 2**20
 """Ranged-read (read-ahead) size of the parent's file while a child streams a video."""
+CHILD_ENV = frozenset(
+    {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "LD_LIBRARY_PATH", "PYTHONHASHSEED", "PYTHONUTF8", CRASH_HOOK_ENV}
+)
+"""Environment variables a decoder child inherits (besides ``LC_*``); ``PYTHONPATH`` is set from ``sys.path``."""
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: only what Python, FFmpeg and the locale need, never the parent's secrets.
+
+    Workers often hold credentials in their environment (``AIRFLOW_CONN_*``, ``AWS_SECRET_ACCESS_KEY``, ...);
+    the child reads nothing but the bytes its parent sends, so it gets none of them.
+    """
+    env = {name: value for name, value in environ.items() if name in CHILD_ENV or name.startswith("LC_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -67,6 +86,11 @@ class DecoderProcess:
         self._from_child: Connection | None = None
         self.starts = 0
 
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id; None before the first start and after it ended."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def connections(self) -> tuple[Connection, Connection]:
         """(to child, from child) of a running child, starting one if none runs."""
         if self._proc is None or self._proc.poll() is not None:
@@ -83,7 +107,7 @@ class DecoderProcess:
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             except OSError:
                 pass  # above the system's pipe-max-size: the default still works
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env = child_environment(os.environ)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "lightly_tasks.decoder_child", str(child_in), str(child_out)],

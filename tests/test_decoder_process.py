@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lightly_tasks.decoder_child import CRASH_HOOK_ENV
-from lightly_tasks.decoder_process import describe_exit
+from lightly_tasks.decoder_child import CRASH_HOOK_ENV, OOM_SCORE_ADJ
+from lightly_tasks.decoder_process import DecoderProcess, describe_exit
 from lightly_tasks.decoding import iter_cache
 from lightly_tasks.demo_videos import build_demo_videos, truncate, write_video
 from lightly_tasks.frame_counting import count_videos
@@ -127,3 +127,21 @@ def test_a_crash_while_probing_a_header_is_that_videos_header_error(
 def test_exit_descriptions() -> None:
     assert describe_exit(-11) == "signal 11, SIGSEGV"
     assert describe_exit(3) == "exit status 3"
+
+
+def test_the_child_holds_no_credentials_and_is_the_oom_killers_first_pick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "child-must-not-see-this")
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", "aws://AKIA:child-must-not-see-this@")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    process = DecoderProcess()
+    process.connections()
+    try:
+        pid = process.pid
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"child-must-not-see-this" not in environ
+        assert b"LC_ALL=C.UTF-8" in environ.split(b"\0"), "the locale is kept"
+        assert int(Path(f"/proc/{pid}/oom_score_adj").read_text()) == OOM_SCORE_ADJ
+    finally:
+        process.kill()
+    assert process.pid is None
