@@ -331,8 +331,8 @@ class VideoConfig:
         metadata=_opt(
             "Decode in a child process",
             "Decode videos in a separate process, so that a decoder crash (segfault, abort, out of memory) or "
-            "hang marks that one video corrupt ('decoder crashed') and the shard goes on. Off: decode in the "
-            "task's own process (slightly faster; a crash fails the whole shard).",
+            "hang marks that one video corrupt ('decoder crashed') and the shard goes on; frame dumps skip that "
+            "video's frames. Off: decode in the task's own process (slightly faster; a crash fails the task).",
         ),
     )
 

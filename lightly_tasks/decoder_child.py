@@ -4,9 +4,10 @@ See :mod:`lightly_tasks.decoder_process` for the parent's side and the protocol.
 numpy, PIL; no pandas, fsspec or storage code) so that a child starts fast, also after a crash.
 
 Test-only crash hook: with the environment variable ``LIGHTLY_TEST_DECODER_CRASH=1`` (set only by tests),
-the child kills itself before probing the header of, or after sending two frames of, a video whose key
-contains ``crash-sigsegv`` (SIGSEGV), ``crash-sigabrt`` (``os.abort()``) or ``crash-sigkill`` (SIGKILL, what
-the OOM killer sends), or hangs on ``crash-hang``. Without that variable, keys have no effect.
+the child kills itself before probing the header of, after sending two frames of, or after dumping one frame
+of a video whose key contains ``crash-sigsegv`` (SIGSEGV), ``crash-sigabrt`` (``os.abort()``) or
+``crash-sigkill`` (SIGKILL, what the OOM killer sends), or hangs on ``crash-hang``. Without that variable,
+keys have no effect.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from lightly_tasks.frame_encoding import encode_frame
 from lightly_tasks.frame_samples import frame_result
 from lightly_tasks.ordered_map import ordered_map
-from lightly_tasks.video import VideoOpenError, open_reader, probe
+from lightly_tasks.video import PyAVReader, VideoOpenError, VideoReader, open_reader, probe
 
 CRASH_HOOK_ENV = "LIGHTLY_TEST_DECODER_CRASH"
 """Test-only switch of the crash hook (see the module docstring)."""
@@ -80,16 +83,22 @@ def _test_crash_hook(key: str) -> None:
         time.sleep(3600)
 
 
+def _opened(to_parent: Connection, open_reader_: Callable[[], VideoReader]) -> VideoReader | None:
+    """The reader ``open_reader_`` opens, or None after sending the parent the reason it could not."""
+    try:
+        return open_reader_()
+    except VideoOpenError as exc:
+        to_parent.send(("error", str(exc)))
+    except Exception as exc:  # a read failure while opening; the parent knows its reason
+        to_parent.send(("error", f"decode error: {type(exc).__name__}: {exc}"))
+    return None
+
+
 def _decode_one(to_parent: Connection, from_parent: Connection, spec: dict[str, Any]) -> None:
     """Decode one video for the parent: ``info``, ``frame``... and ``end``, or one ``error`` message."""
     file = PipeFile(to_parent, from_parent)
-    try:
-        reader = open_reader(spec["backend"], file)
-    except VideoOpenError as exc:
-        to_parent.send(("error", str(exc)))
-        return
-    except Exception as exc:  # a read failure while opening; the parent knows its reason
-        to_parent.send(("error", f"decode error: {type(exc).__name__}: {exc}"))
+    reader = _opened(to_parent, lambda: open_reader(spec["backend"], file))
+    if reader is None:
         return
     try:
         to_parent.send(("info", reader.info))
@@ -124,6 +133,25 @@ def _probe_one(to_parent: Connection, from_parent: Connection, spec: dict[str, A
         to_parent.send(("info", info))
 
 
+def _dump_one(to_parent: Connection, from_parent: Connection, spec: dict[str, Any]) -> None:
+    """Decode and encode the parent's selected frames of one video: ``dumped``... and ``end``, or ``error``."""
+    file = PipeFile(to_parent, from_parent)
+    reader = _opened(to_parent, lambda: PyAVReader(file, buffer_size=spec["buffer_size"], threads=False))
+    if reader is None:
+        return
+    try:
+        for sent, (pts, rgb) in enumerate(reader.frames_at(spec["targets"], spec["keyframes"])):
+            if sent == 1:
+                _test_crash_hook(spec["key"])
+            data = None if rgb is None else encode_frame(rgb, fmt=spec["fmt"], image_size=spec["image_size"])
+            to_parent.send(("dumped", (pts, data)))
+        to_parent.send(("end", None))
+    except Exception as exc:  # a Python-level failure ends this video's dump, not the child
+        to_parent.send(("error", f"decode error: {type(exc).__name__}: {exc}"))
+    finally:
+        reader.close()
+
+
 def _prefer_for_oom_kill() -> None:
     """Ask Linux's OOM killer to pick this child before its parent (raising one's own score needs no rights)."""
     try:
@@ -148,6 +176,8 @@ def main(argv: list[str]) -> int:
             _decode_one(to_parent, from_parent, message[1])
         elif message[0] == "probe":
             _probe_one(to_parent, from_parent, message[1])
+        elif message[0] == "dump":
+            _dump_one(to_parent, from_parent, message[1])
         else:
             return 0
 

@@ -31,7 +31,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -240,32 +240,54 @@ class IsolatedVideoJob:
 
     def _exchange(self, f: io.RawIOBase) -> Iterator[FrameResult]:
         assert self._connections is not None
-        to_child, from_child = self._connections
         spec = {"key": self.key, "backend": self.backend, "stride": self.stride, "image_size": self.image_size}
         try:
-            to_child.send(("decode", spec))
-            while True:
-                if not from_child.poll(self._deadline.remaining()):
-                    self._timed_out()
-                    return
-                message = from_child.recv()
-                kind = message[0]
-                if kind in ("read", "seek"):
-                    to_child.send(self._serve(f, message))
-                elif kind == "info":
-                    self.info = message[1]
+            for kind, value in _conversation(self._connections, ("decode", spec), f, self._deadline, self._serve):
+                if kind == "info":
+                    self.info = value
                 elif kind == "frame":
-                    yield message[1]
+                    yield value
                 elif kind == "end":  # a read failure may also end a stream early: the parent knows why
-                    self.stats, self.error = message[1], self._read_error
+                    self.stats, self.error = value, self._read_error
                     return
                 else:
-                    self.error = self._read_error or message[1]
+                    self.error = self._read_error or value
                     return
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self.crashed = True
             self.error = self.process.exit_reason()
             log.error("decoding %s: %s", self.key, self.error)
+
+
+def _serve_plain(f: io.RawIOBase, request: tuple[Any, ...]) -> tuple[str, Any]:
+    """The reply to a child's ``read``/``seek`` request; a read failure is raised to the caller."""
+    if request[0] == "read":
+        return "data", f.read(request[1])
+    return "pos", f.seek(request[1], request[2])
+
+
+def _conversation(
+    connections: tuple[Connection, Connection],
+    request: tuple[Any, ...],
+    f: io.RawIOBase,
+    deadline: Deadline,
+    serve: Callable[[io.RawIOBase, tuple[Any, ...]], tuple[str, Any]] = _serve_plain,
+) -> Iterator[tuple[Any, ...]]:
+    """Send ``request`` to the child and yield its messages, answering its reads and seeks of ``f`` meanwhile.
+
+    Raises :class:`DeadlineExceeded` when the child says nothing before ``deadline``, and EOFError (or a
+    broken pipe) when it died.
+    """
+    to_child, from_child = connections
+    to_child.send(request)
+    while True:
+        if not from_child.poll(deadline.remaining()):
+            raise DeadlineExceeded(f"time limit of {deadline.seconds:g}s exceeded")
+        message = from_child.recv()
+        if message[0] in ("read", "seek"):
+            to_child.send(serve(f, message))
+        else:
+            yield message
 
 
 def probe_isolated(
@@ -276,23 +298,56 @@ def probe_isolated(
     Raises :class:`VideoOpenError` with the probe's reason, or ``decoder crashed (signal N, NAME)`` when the
     child died; a read failure or :class:`DeadlineExceeded` of ``f`` is raised as it is (the child is killed).
     """
-    to_child, from_child = process.connections()
+    request = ("probe", {"key": key, "buffer_size": buffer_size})
     try:
-        to_child.send(("probe", {"key": key, "buffer_size": buffer_size}))
-        while True:
-            if not from_child.poll(deadline.remaining()):
-                raise DeadlineExceeded(f"time limit of {deadline.seconds:g}s exceeded")
-            message = from_child.recv()
-            if message[0] == "read":
-                to_child.send(("data", f.read(message[1])))
-            elif message[0] == "seek":
-                to_child.send(("pos", f.seek(message[1], message[2])))
-            elif message[0] == "info":
-                return message[1]
-            else:
-                raise VideoOpenError(message[1])
+        kind, value = next(_conversation(process.connections(), request, f, deadline))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         raise VideoOpenError(process.exit_reason()) from None
     except (DeadlineExceeded, OSError):  # the child waits for a reply it will not get: replace it
+        process.kill()
+        raise
+    if kind != "info":
+        raise VideoOpenError(value)
+    return value
+
+
+def dump_isolated(
+    process: DecoderProcess,
+    f: io.RawIOBase,
+    *,
+    key: str,
+    targets: list[int],
+    keyframes: list[int],
+    fmt: str,
+    image_size: int | None,
+    buffer_size: int,
+    deadline: Deadline,
+) -> Iterator[tuple[int, bytes | None]]:
+    """(pts, encoded image or None) of the frames ``targets`` of ``f``, decoded and encoded in the child.
+
+    The child seeks as :meth:`~lightly_tasks.video.PyAVReader.frames_at` does, so only the GOPs holding the
+    targets are read. Raises :class:`VideoOpenError` with the reason when the video cannot be opened or the
+    child died (``decoder crashed (...)``); a read failure or :class:`DeadlineExceeded` is raised as it is
+    (the child is killed).
+    """
+    spec = {
+        "key": key,
+        "targets": targets,
+        "keyframes": keyframes,
+        "fmt": fmt,
+        "image_size": image_size,
+        "buffer_size": buffer_size,
+    }
+    try:
+        for kind, value in _conversation(process.connections(), ("dump", spec), f, deadline):
+            if kind == "dumped":
+                yield value
+            elif kind == "end":
+                return
+            else:
+                raise VideoOpenError(value)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        raise VideoOpenError(process.exit_reason()) from None
+    except (DeadlineExceeded, OSError):
         process.kill()
         raise

@@ -3,7 +3,9 @@
 Per video, the file is opened for ranged reads (small blocks), PyAV reads the container header, and for each
 selected frame it seeks to the keyframe at or before it and decodes forward
 (:meth:`~lightly_tasks.video.PyAVReader.frames_at`); consecutive selected frames of one GOP share the decode.
-So the bytes read are the header plus the selected GOPs, not the whole video.
+So the bytes read are the header plus the selected GOPs, not the whole video. As in the decoding pass, the
+decoder runs in a child process by default (:mod:`lightly_tasks.decoder_process`), which also encodes the
+images, so only PNG/JPEG bytes cross the pipe.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+from collections.abc import Iterator
+from contextlib import nullcontext
 
-import numpy as np
 import pandas as pd
-from PIL import Image
 
 from lightly_tasks import artifacts
+from lightly_tasks.decoder_process import DecoderProcess, dump_isolated
+from lightly_tasks.frame_encoding import encode_frame
 from lightly_tasks.progress import Progress
-from lightly_tasks.ranged_file import open_counted
-from lightly_tasks.storage import ByteCounter, Location, safe_key
-from lightly_tasks.video import PyAVReader
+from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
+from lightly_tasks.storage import ByteCounter, Location, read_failure_reason, safe_key
+from lightly_tasks.video import PyAVReader, VideoOpenError
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +36,6 @@ EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
 def dump_block_bytes(size: int | None) -> int:
     """Ranged-read size for seeking in a video of ``size`` bytes: 1/32 of it, between 16 KiB and 1 MiB."""
     return min(2**20, max(16 * 2**10, (size or 0) // 32))
-
-
-def encode_frame(rgb: np.ndarray, *, fmt: str, image_size: int | None) -> bytes:
-    """(H, W, 3) uint8 -> PNG or JPEG bytes, the longer side resized to ``image_size`` if given."""
-    image = Image.fromarray(rgb)
-    if image_size:
-        scale = image_size / max(image.size)
-        target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    buffer = io.BytesIO()
-    if fmt == "jpeg":
-        image.save(buffer, format="JPEG", quality=95)
-    else:
-        image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def dump_name(frame_key: str, fmt: str) -> str:
@@ -63,42 +52,83 @@ def dump_frames(
     *,
     fmt: str = "png",
     image_size: int | None = None,
+    timeout: float | None = None,
+    isolate: bool = True,
 ) -> int:
     """Write the frames in ``selected`` (key, video_key, frame_pts) to ``output``; return how many it wrote.
 
-    ``videos`` has per video ``key``, ``size`` and ``keyframes`` (keyframe pts of the decoding pass). A frame
-    that cannot be decoded again is logged and skipped. Frame keys that would escape the output root raise
-    ValueError before anything is read.
+    ``videos`` has per video ``key``, ``size`` and ``keyframes`` (keyframe pts of the decoding pass). With
+    ``isolate`` (the default) the frames are decoded and encoded in a decoder child process, as in the
+    decoding pass, so a decoder crash or hang costs that video's dump, not the run. A frame or video that
+    cannot be decoded again, or not within ``timeout`` seconds per video, is logged and skipped. Frame keys
+    that would escape the output root raise ValueError before anything is read.
     """
     names = {key: safe_key(dump_name(key, fmt)) for key in selected["key"]}
     info = videos.set_index("key")
     progress = Progress("dump frames", len(selected), unit="frames", logger=log)
     written = 0
-    for video_key, frames in selected.groupby("video_key", sort=True):
-        size = int(info.at[video_key, "size"]) if "size" in info else None
-        keyframes = info.at[video_key, "keyframes"] if "keyframes" in info else []
-        keyframes = [] if keyframes is None else [int(k) for k in keyframes]
-        key_of = dict(zip(frames["frame_pts"].astype("int64"), frames["key"], strict=True))
-        with open_counted(
-            datasource,
-            str(video_key),
-            size=size,
-            counter=counter,
-            block_size=dump_block_bytes(size),
-            max_blocks=4,
-        ) as f:
-            reader = PyAVReader(f, buffer_size=DUMP_BUFFER_BYTES, threads=False)
+    with DecoderProcess() if isolate else nullcontext() as process:
+        for video_key, frames in selected.groupby("video_key", sort=True):
+            size = int(info.at[video_key, "size"]) if "size" in info else None
+            keyframes = info.at[video_key, "keyframes"] if "keyframes" in info else []
+            keyframes = [] if keyframes is None else [int(k) for k in keyframes]
+            key_of = dict(zip(frames["frame_pts"].astype("int64"), frames["key"], strict=True))
+            done = 0
+            deadline = Deadline(timeout)
             try:
-                for pts, rgb in reader.frames_at(sorted(key_of), keyframes):
-                    if rgb is None:
-                        log.warning("dump: frame %s could not be decoded again; skipped", key_of[pts])
-                        continue
-                    artifacts.write_bytes(
-                        output, names[key_of[pts]], encode_frame(rgb, fmt=fmt, image_size=image_size)
-                    )
-                    written += 1
-                    progress.update()
-            finally:
-                reader.close()
+                with open_counted(
+                    datasource,
+                    str(video_key),
+                    size=size,
+                    counter=counter,
+                    block_size=dump_block_bytes(size),
+                    max_blocks=4,
+                    deadline=deadline,
+                ) as f:
+                    for pts, data in _encoded_frames(
+                        f, str(video_key), sorted(key_of), keyframes, fmt, image_size, process, deadline
+                    ):
+                        done += 1
+                        if data is None:
+                            log.warning("dump: frame %s could not be decoded again; skipped", key_of[pts])
+                            continue
+                        artifacts.write_bytes(output, names[key_of[pts]], data)
+                        written += 1
+                        progress.update()
+            except (VideoOpenError, OSError) as exc:  # DeadlineExceeded included
+                reason = str(exc) if isinstance(exc, VideoOpenError | DeadlineExceeded) else read_failure_reason(exc)
+                log.warning("dump: %s: %s; its %d remaining frame(s) skipped", video_key, reason, len(key_of) - done)
     progress.finish()
     return written
+
+
+def _encoded_frames(
+    f: io.RawIOBase,
+    key: str,
+    targets: list[int],
+    keyframes: list[int],
+    fmt: str,
+    image_size: int | None,
+    process: DecoderProcess | None,
+    deadline: Deadline,
+) -> Iterator[tuple[int, bytes | None]]:
+    """(pts, encoded image or None) per target frame: in ``process``'s child, or in this process without one."""
+    if process is not None:
+        yield from dump_isolated(
+            process,
+            f,
+            key=key,
+            targets=targets,
+            keyframes=keyframes,
+            fmt=fmt,
+            image_size=image_size,
+            buffer_size=DUMP_BUFFER_BYTES,
+            deadline=deadline,
+        )
+        return
+    reader = PyAVReader(f, buffer_size=DUMP_BUFFER_BYTES, threads=False, deadline=deadline)
+    try:
+        for pts, rgb in reader.frames_at(targets, keyframes):
+            yield pts, None if rgb is None else encode_frame(rgb, fmt=fmt, image_size=image_size)
+    finally:
+        reader.close()

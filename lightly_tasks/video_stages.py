@@ -167,9 +167,17 @@ def dump(
     ctx: RunContext, output: Location, selected: pd.DataFrame, videos: pd.DataFrame, counter: ByteCounter
 ) -> int:
     """Write the selected frames to ``output`` as ``dump.format`` images (reading only their GOPs)."""
-    cfg = ctx.config.dump
+    cfg, video = ctx.config.dump, ctx.config.video
     return dump_frames(
-        ctx.datasource, output, selected, videos, counter, fmt=cfg.format, image_size=cfg.image_size
+        ctx.datasource,
+        output,
+        selected,
+        videos,
+        counter,
+        fmt=cfg.format,
+        image_size=cfg.image_size,
+        timeout=video.timeout_seconds,
+        isolate=video.isolate_decoder,
     )
 
 

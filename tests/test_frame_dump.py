@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lightly_tasks.decoder_child import CRASH_HOOK_ENV
 from lightly_tasks.demo_videos import write_video
 from lightly_tasks.frame_dump import dump_frames, dump_name
 from lightly_tasks.frame_names import frame_key
@@ -40,7 +41,8 @@ def _selected(frames, indices) -> pd.DataFrame:
     )
 
 
-def test_png_dump_is_pixel_exact_and_reads_only_needed_gops(video, tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolate", [True, False], ids=["decoder-child", "in-process"])
+def test_png_dump_is_pixel_exact_and_reads_only_needed_gops(video, tmp_path: Path, isolate: bool) -> None:
     folder, path, frames, videos = video
     indices = [3, 4, 5, 70]
     counter = ByteCounter()
@@ -50,6 +52,7 @@ def test_png_dump_is_pixel_exact_and_reads_only_needed_gops(video, tmp_path: Pat
         _selected(frames, indices),
         videos,
         counter,
+        isolate=isolate,
     )
     assert written == 4
     for i in indices:
@@ -83,9 +86,7 @@ def test_without_keyframes_every_frame_is_still_found(video, tmp_path: Path) -> 
         ByteCounter(),
     )
     assert written == 3
-    np.testing.assert_array_equal(
-        np.asarray(Image.open(tmp_path / "cams/noisy-000089-mp4.png")), frames[89].rgb
-    )
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cams/noisy-000089-mp4.png")), frames[89].rgb)
 
 
 def test_dump_names_and_escaping_keys(video, tmp_path: Path) -> None:
@@ -94,7 +95,39 @@ def test_dump_names_and_escaping_keys(video, tmp_path: Path) -> None:
     bad = _selected(frames, [1]).assign(key="../escape-000001-mp4.png")
     counter = ByteCounter()
     with pytest.raises(ValueError, match="escape"):
-        dump_frames(
-            location_from_uri(folder.as_uri()), location_from_uri(tmp_path.as_uri()), bad, videos, counter
-        )
+        dump_frames(location_from_uri(folder.as_uri()), location_from_uri(tmp_path.as_uri()), bad, videos, counter)
     assert counter.total == 0
+
+
+@pytest.mark.parametrize(
+    ("marker", "reason"),
+    [("crash-sigsegv", "decoder crashed (signal 11, SIGSEGV)"), ("crash-hang", "time limit of 3s exceeded")],
+)
+def test_a_decoder_crash_or_hang_skips_that_videos_frames_only(
+    video, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, marker: str, reason: str
+) -> None:
+    """Real crashes: the child kills (or hangs) itself after one dumped frame of a marked video (test-only hook)."""
+    monkeypatch.setenv(CRASH_HOOK_ENV, "1")
+    folder, path, frames, videos = video
+    bad_key = f"cams/{marker}.mp4"
+    (folder / bad_key).write_bytes(path.read_bytes())
+    selected = pd.concat(
+        [
+            _selected(frames, [2, 50, 80]).assign(key=[frame_key(bad_key, i) for i in (2, 50, 80)], video_key=bad_key),
+            _selected(frames, [7, 60]),
+        ]
+    )
+    both = pd.concat([videos, videos.assign(key=bad_key)])
+    with caplog.at_level("WARNING", logger="lightly_tasks.frame_dump"):
+        written = dump_frames(
+            location_from_uri(folder.as_uri()),
+            location_from_uri(tmp_path.as_uri()),
+            selected,
+            both,
+            ByteCounter(),
+            timeout=3.0,
+        )
+    assert written == 2 + 1, "the other video's frames and the frame dumped before the crash or hang"
+    for i in (7, 60):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"cams/noisy-{i:06d}-mp4.png")), frames[i].rgb)
+    assert f"{bad_key}: {reason}; its 2 remaining frame(s) skipped" in caplog.text
