@@ -54,6 +54,23 @@ class StoppingCondition:
     proportion_samples: float | None = None
     min_distance: float | None = None
 
+    def count_limits(self, n: int) -> list[tuple[int, str]]:
+        """The count conditions for ``n`` candidates as (limit, name), after validating the whole condition."""
+        if self.n_samples is None and self.proportion_samples is None and self.min_distance is None:
+            raise ValueError("StoppingCondition needs n_samples, proportion_samples or min_distance")
+        limits = []
+        if self.n_samples is not None:
+            if self.n_samples < 0:
+                raise ValueError(f"n_samples must be >= 0, got {self.n_samples}")
+            limits.append((int(self.n_samples), "n_samples"))
+        if self.proportion_samples is not None:
+            if not 0 < self.proportion_samples <= 1:
+                raise ValueError(f"proportion_samples must be in (0, 1], got {self.proportion_samples}")
+            limits.append((math.ceil(round(self.proportion_samples * n, 6)), "proportion_samples"))
+        if self.min_distance is not None and not self.min_distance >= 0:
+            raise ValueError(f"min_distance must be >= 0, got {self.min_distance}")
+        return limits
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -79,13 +96,13 @@ def kcenter_greedy(
     caps the rows handled at once. Float32 C-contiguous inputs are not copied; extra memory is about 60
     bytes per candidate plus blocks of at most 2 MiB.
     """
-    limits = _count_limits(stop, len(candidates))
+    limits = stop.count_limits(len(candidates))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    x = _as_matrix(candidates, "candidates")
-    clusters = _Clusters(x, chunk_size)
+    x = as_matrix(candidates, "candidates")
+    clusters = Clusters(x, chunk_size)
     if existing is not None and len(existing):
-        centres = _as_matrix(existing, "existing")
+        centres = as_matrix(existing, "existing")
         if centres.shape[1] != x.shape[1]:
             raise ValueError(f"existing has dimension {centres.shape[1]}, candidates {x.shape[1]}")
         if len(x):
@@ -110,25 +127,7 @@ def kcenter_greedy(
     return Selection(np.asarray(picks, np.int64), np.asarray(dists, np.float32), stopped_by)
 
 
-def _count_limits(stop: StoppingCondition, n: int) -> list[tuple[int, str]]:
-    """The count conditions as (limit, name), after validating the whole condition."""
-    if stop.n_samples is None and stop.proportion_samples is None and stop.min_distance is None:
-        raise ValueError("StoppingCondition needs n_samples, proportion_samples or min_distance")
-    limits = []
-    if stop.n_samples is not None:
-        if stop.n_samples < 0:
-            raise ValueError(f"n_samples must be >= 0, got {stop.n_samples}")
-        limits.append((int(stop.n_samples), "n_samples"))
-    if stop.proportion_samples is not None:
-        if not 0 < stop.proportion_samples <= 1:
-            raise ValueError(f"proportion_samples must be in (0, 1], got {stop.proportion_samples}")
-        limits.append((math.ceil(round(stop.proportion_samples * n, 6)), "proportion_samples"))
-    if stop.min_distance is not None and not stop.min_distance >= 0:
-        raise ValueError(f"min_distance must be >= 0, got {stop.min_distance}")
-    return limits
-
-
-def _as_matrix(a: np.ndarray, name: str) -> np.ndarray:
+def as_matrix(a: np.ndarray, name: str) -> np.ndarray:
     """``a`` as a C-contiguous float32 (rows, D) array, copied only when it is not one already."""
     m = np.ascontiguousarray(a, dtype=np.float32)
     if m.ndim != 2:
@@ -207,8 +206,11 @@ class _Sketches:
         return sub[lb2 < mind2[sub]]
 
 
-class _Clusters:
+class Clusters:
     """Every not-yet-picked candidate, grouped by its nearest centre, with its squared distance to it.
+
+    The incremental nearest-centre index k-center greedy runs on; the diversity strategy
+    (:mod:`lightly_tasks.strategies`) drives it with its own pick order.
 
     Per candidate: ``mind2`` (N,) float32, the squared distance to the nearest centre (0 once picked, inf
     before any centre), and ``owner`` (N,) the cluster of that centre (-1 once picked). Per cluster t: its

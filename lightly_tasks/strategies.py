@@ -43,14 +43,7 @@ import pandas as pd
 
 from lightly_tasks.active_learning_scores import class_labels, compute_scores
 from lightly_tasks.config import SelectionInputConfig, SelectionStrategyEntry
-from lightly_tasks.selection import (
-    Selection,
-    StoppingCondition,
-    _as_matrix,
-    _Clusters,
-    _count_limits,
-    kcenter_greedy,
-)
+from lightly_tasks.selection import Clusters, Selection, StoppingCondition, as_matrix, kcenter_greedy
 
 TYPICALITY_NEIGHBOURS = 20
 TYPICALITY_REFERENCE = 20_000
@@ -108,7 +101,7 @@ def select_with_strategies(
     """Run the combined greedy selection of ``entries`` over ``data`` until ``stop`` (or a strategy's own
     stopping condition) ends it. Raises ValueError naming the strategy when its input cannot be read."""
     n = len(data.keys)
-    limits = _count_limits(stop, n)
+    limits = stop.count_limits(n)
     summary = [
         {**describe(e), "type": e.strategy.type, "inputType": e.input.type, "strength": e.strategy.strength}
         for e in entries
@@ -174,7 +167,7 @@ def _representative(data: SelectionInputs, eligible: np.ndarray, stop: StoppingC
 
     rows = np.flatnonzero(eligible)
     x = data.embeddings if len(rows) == len(eligible) else data.embeddings[rows]
-    limits = {name: limit for limit, name in _count_limits(stop, len(eligible))}
+    limits = {name: limit for limit, name in stop.count_limits(len(eligible))}
     name = min(limits, key=lambda k: (limits[k], k != "n_samples"))
     existing = data.existing if data.existing is not None and len(data.existing) else None
     rep = representative_greedy(x, n_samples=limits[name], existing=existing)
@@ -188,7 +181,7 @@ def _farthest_first(
     """k-center greedy on the eligible candidates, indices mapped back to all candidates."""
     rows = np.flatnonzero(eligible)
     x = data.embeddings if len(rows) == len(eligible) else data.embeddings[rows]
-    limits = {name: limit for limit, name in _count_limits(stop, len(eligible))}
+    limits = {name: limit for limit, name in stop.count_limits(len(eligible))}
     sub_stop = StoppingCondition(
         n_samples=min(limits.values()) if limits else None, min_distance=min_distance
     )
@@ -369,7 +362,7 @@ class _Greedy:
         self.diversity: list[int] = []
         self.max_sums: list[tuple[int, float]] = []
         self.min_typicality: list[tuple[int, float, np.ndarray]] = []
-        x = _as_matrix(data.embeddings, "embeddings") if n else np.zeros((0, 1), np.float32)
+        x = as_matrix(data.embeddings, "embeddings") if n else np.zeros((0, 1), np.float32)
         self.x = x
         for i, entry in enumerate(entries):
             s, kind = entry.strategy.strength, entry.strategy.type
@@ -398,11 +391,11 @@ class _Greedy:
                     self.min_typicality.append((i, entry.strategy.stopping_condition_minimum_typicality, typ))
         self.static_sum = sum(self.static.values(), np.zeros(n))
         self.tracks_distance = bool(self.diversity) or min_distance is not None
-        self.clusters: _Clusters | None = None
+        self.clusters: Clusters | None = None
         if self.tracks_distance and n:
-            self.clusters = _Clusters(x, _CHUNK)
+            self.clusters = Clusters(x, _CHUNK)
             if data.existing is not None and len(data.existing):
-                existing = _as_matrix(data.existing, "existing")
+                existing = as_matrix(data.existing, "existing")
                 if existing.shape[1] != x.shape[1]:
                     raise ValueError(f"existing has dimension {existing.shape[1]}, candidates {x.shape[1]}")
                 self.clusters.seed(existing)
@@ -538,7 +531,7 @@ def _query(i: int, inp: SelectionInputConfig, data: SelectionInputs, dim: int) -
     if query is None or not len(query):
         what = f"tag {inp.tag_name!r}" if inp.tag_name else f"file_names {list(inp.file_names or [])[:5]}"
         raise ValueError(f"{_where(i)}: the query set ({what}) holds no samples with an embedding")
-    query = _as_matrix(query, "query")
+    query = as_matrix(query, "query")
     if query.shape[1] != dim:
         raise ValueError(f"{_where(i)}: query embeddings have dimension {query.shape[1]}, candidates {dim}")
     return query
