@@ -49,7 +49,7 @@ class ConfigError(ValueError):
     """A conf key is unknown, has the wrong type or an impossible value; the message names the key."""
 
 
-def _opt(
+def form_option(
     title: str,
     description: str,
     *,
@@ -113,7 +113,7 @@ class DatasourceConfig:
 
     uri: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Datasource URI",
             "Folder or bucket prefix to curate, e.g. file:///data/images, s3://bucket/prefix, gs://bucket/prefix "
             "or az://container/prefix (Azure Blob). For buckets "
@@ -126,7 +126,7 @@ class DatasourceConfig:
     )
     conn_id: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Connection id",
             "Airflow connection holding the datasource's credentials (for S3: keys, and endpoint_url and "
             "region_name in its extras for any S3-compatible store). Empty: aws_default for s3://, "
@@ -135,7 +135,7 @@ class DatasourceConfig:
     )
     process_all: bool = field(
         default=False,
-        metadata=_opt(
+        metadata=form_option(
             "Process all",
             "Reconsider every object, not only those the datapool has not seen. Samples already in the dataset "
             "still count as selected.",
@@ -143,7 +143,7 @@ class DatasourceConfig:
     )
     window: str = field(
         default="none",
-        metadata=_opt(
+        metadata=form_option(
             "Time window",
             "none: list every object. data_interval: list only objects last modified inside the run's data "
             "interval [start, end), as scheduled and backfill runs have (airflow backfill create); a run "
@@ -159,11 +159,11 @@ class StoppingConditionConfig:
 
     n_samples: int | None = field(
         default=None,
-        metadata=_opt("Number of samples", "Select at most this many samples in this run.", minimum=1),
+        metadata=form_option("Number of samples", "Select at most this many samples in this run.", minimum=1),
     )
     proportion_samples: float | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Proportion of samples",
             "Select at most this fraction (0 < p <= 1) of the run's candidate samples, rounded up.",
             exclusive_minimum=0.0,
@@ -172,7 +172,7 @@ class StoppingConditionConfig:
     )
     min_distance: float | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Minimum distance",
             "Stop when the farthest remaining sample is closer than this (Euclidean, on L2-normalised "
             "embeddings: 0..2) to every selected or existing sample.",
@@ -187,7 +187,7 @@ class EmbeddingConfig:
 
     model: str = field(
         default="resnet18",
-        metadata=_opt(
+        metadata=form_option(
             "Embedding model",
             "torchvision architecture used as the embedding backbone (classification head removed).",
             enum=EMBEDDING_MODELS,
@@ -195,7 +195,7 @@ class EmbeddingConfig:
     )
     checkpoint: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Checkpoint URI",
             "URI of a torch state_dict for the model. Without one the model is a fixed-seed random "
             "initialisation: deterministic, but far weaker than trained weights.",
@@ -204,7 +204,7 @@ class EmbeddingConfig:
     )
     image_size: int = field(
         default=224,
-        metadata=_opt(
+        metadata=form_option(
             "Image size",
             "Side in pixels of the square, decoded images kept in the run's cache and fed to the model.",
             minimum=32,
@@ -219,7 +219,7 @@ class TrainingConfig:
 
     method: str = field(
         default="simclr",
-        metadata=_opt(
+        metadata=form_option(
             "Method",
             "simclr: contrastive (NT-Xent, temperature 0.2) between two random views of each image, the other "
             "images of the batch as negatives.",
@@ -228,7 +228,7 @@ class TrainingConfig:
     )
     epochs: int = field(
         default=10,
-        metadata=_opt(
+        metadata=form_option(
             "Epochs",
             "Passes over the run's non-corrupt images. Each pass reads the decoded cache in the artifacts "
             "location, never the datasource. A retried task resumes after the last finished epoch.",
@@ -238,11 +238,11 @@ class TrainingConfig:
     )
     batch_size: int = field(
         default=64,
-        metadata=_opt("Batch size", "Images per training step (two views each).", minimum=2, maximum=4096),
+        metadata=form_option("Batch size", "Images per training step (two views each).", minimum=2, maximum=4096),
     )
     lr: float = field(
         default=3e-4,
-        metadata=_opt(
+        metadata=form_option(
             "Learning rate",
             "Peak AdamW learning rate: linear warm-up over the first 10 % of the steps, then cosine decay. "
             "1e-3 was worse in short runs (see bench/training.py).",
@@ -252,7 +252,7 @@ class TrainingConfig:
     )
     image_size: int | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Training image size",
             "Side in pixels of the random crops trained on; they are cut from the cached images, so at most "
             "embedding.image_size. Empty: embedding.image_size. Smaller trains faster (time grows with its "
@@ -269,7 +269,7 @@ class DumpConfig:
 
     output: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Dump output URI",
             "If set, the selected objects are copied here under their relative keys (with the "
             "artifacts_conn_id connection for s3://). For videos, the selected frames are written as images "
@@ -279,7 +279,7 @@ class DumpConfig:
     )
     format: str = field(
         default="png",
-        metadata=_opt(
+        metadata=form_option(
             "Frame image format",
             "Image format of dumped video frames (images are copied as they are).",
             enum=DUMP_FORMATS,
@@ -287,7 +287,7 @@ class DumpConfig:
     )
     image_size: int | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Frame image size",
             "If set, dumped video frames are resized so that their longer side has this many pixels "
             "(aspect ratio kept). Empty: full resolution.",
@@ -303,7 +303,7 @@ class VideoConfig:
 
     frame_stride: int = field(
         default=1,
-        metadata=_opt(
+        metadata=form_option(
             "Frame stride",
             "Use every k-th frame of each video as a sample (1: every frame). All frames are still decoded.",
             minimum=1,
@@ -311,7 +311,7 @@ class VideoConfig:
     )
     timeout_seconds: float = field(
         default=1800.0,
-        metadata=_opt(
+        metadata=form_option(
             "Time limit per video",
             "Seconds a single video may take to count or decode. A video over it keeps the frames decoded so "
             "far; the rest are listed as corrupt with the reason 'timeout', and the run goes on.",
@@ -320,7 +320,7 @@ class VideoConfig:
     )
     backend: str = field(
         default="pyav",
-        metadata=_opt(
+        metadata=form_option(
             "Decoder",
             "pyav streams each video with ranged reads; decord reads each whole video into memory first.",
             enum=VIDEO_BACKENDS,
@@ -328,7 +328,7 @@ class VideoConfig:
     )
     isolate_decoder: bool = field(
         default=True,
-        metadata=_opt(
+        metadata=form_option(
             "Decode in a child process",
             "Decode videos in a separate process, so that a decoder crash (segfault, abort, out of memory) or "
             "hang marks that one video corrupt ('decoder crashed') and the shard goes on; frame dumps skip that "
@@ -354,7 +354,7 @@ class PretaggingConfig:
 
     model: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Model",
             "A torchvision detection architecture (fasterrcnn_mobilenet_v3_large_320_fpn, "
             "ssdlite320_mobilenet_v3_large, retinanet_resnet50_fpn, ...) or classification architecture "
@@ -365,7 +365,7 @@ class PretaggingConfig:
     )
     weights: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Weights URI",
             "URI of a torch.save'd state_dict of the architecture, or of {state_dict, categories}; read with the "
             "artifacts connection. Required for an architecture: no weights are downloaded at run time.",
@@ -374,7 +374,7 @@ class PretaggingConfig:
     )
     task_name: str = field(
         default="pretagging",
-        metadata=_opt(
+        metadata=form_option(
             "Task name",
             "Name of the prediction task: the folder under .lightly/predictions/ and the name in tasks.json.",
             check=_check_dataset_name,
@@ -382,13 +382,13 @@ class PretaggingConfig:
     )
     task_type: str = field(
         default="object-detection",
-        metadata=_opt(
+        metadata=form_option(
             "Task type", "What the model predicts, as Lightly's schema.json says it.", enum=PRETAGGING_TASK_TYPES
         ),
     )
     categories: tuple[str, ...] | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Category names",
             "Names of the model's classes in class-index order (id 0 first; torchvision detectors count the "
             "background as class 0). Empty: the weights' or TorchScript file's own, torchvision's COCO/ImageNet "
@@ -397,7 +397,7 @@ class PretaggingConfig:
     )
     score_threshold: float = field(
         default=0.5,
-        metadata=_opt(
+        metadata=form_option(
             "Score threshold",
             "Object detection: detections scoring below this are dropped. Classification keeps every sample's "
             "prediction with its probabilities.",
@@ -407,7 +407,7 @@ class PretaggingConfig:
     )
     batch_size: int = field(
         default=16,
-        metadata=_opt("Batch size", "Images per model call.", minimum=1, maximum=4096),
+        metadata=form_option("Batch size", "Images per model call.", minimum=1, maximum=4096),
     )
 
 
@@ -438,7 +438,7 @@ class SelectionInputConfig:
 
     type: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Input type",
             "EMBEDDINGS, SCORES (active-learning scores of a prediction task), METADATA (e.g. lightly.sharpness), "
             "PREDICTIONS (class distribution of a task) or RANDOM.",
@@ -446,32 +446,35 @@ class SelectionInputConfig:
         ),
     )
     task: str | None = field(
-        default=None, metadata=_opt("Prediction task", "SCORES / PREDICTIONS: name of the prediction task.")
+        default=None, metadata=form_option("Prediction task", "SCORES / PREDICTIONS: name of the prediction task.")
     )
     score: str | None = field(
         default=None,
-        metadata=_opt("Score", "SCORES: the active-learning score computed from the predictions.",
-                      enum=ACTIVE_LEARNING_SCORES),
+        metadata=form_option(
+            "Score", "SCORES: the active-learning score computed from the predictions.", enum=ACTIVE_LEARNING_SCORES
+        ),
     )
     key: str | None = field(
         default=None,
-        metadata=_opt("Metadata key", "METADATA: e.g. lightly.sharpness, lightly.luminance, lightly.snr."),
+        metadata=form_option("Metadata key", "METADATA: e.g. lightly.sharpness, lightly.luminance, lightly.snr."),
     )
     name: str | None = field(
         default=None,
-        metadata=_opt("Predictions name", "PREDICTIONS: CLASS_DISTRIBUTION.", enum=("CLASS_DISTRIBUTION",)),
+        metadata=form_option("Predictions name", "PREDICTIONS: CLASS_DISTRIBUTION.", enum=("CLASS_DISTRIBUTION",)),
     )
-    random_seed: int | None = field(default=None, metadata=_opt("Random seed", "RANDOM: seed (default 0)."))
+    random_seed: int | None = field(default=None, metadata=form_option("Random seed", "RANDOM: seed (default 0)."))
     dataset_id: str | None = field(
         default=None,
-        metadata=_opt("Query dataset", "SIMILARITY: dataset (in this store) holding tag_name; empty: this dataset."),
+        metadata=form_option(
+            "Query dataset", "SIMILARITY: dataset (in this store) holding tag_name; empty: this dataset."
+        ),
     )
     tag_name: str | None = field(
-        default=None, metadata=_opt("Query tag", "SIMILARITY: the tag whose samples are the query set.")
+        default=None, metadata=form_option("Query tag", "SIMILARITY: the tag whose samples are the query set.")
     )
     file_names: tuple[str, ...] | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Query file names",
             "SIMILARITY (extension of the Lightly Worker's config): keys of samples of the dataset or of this "
             "run that form the query set, instead of a tag.",
@@ -479,7 +482,7 @@ class SelectionInputConfig:
     )
     categories: tuple[str, ...] | None = field(
         default=None,
-        metadata=_opt("Categories", "SCORES / PREDICTIONS: only predictions of these category names count."),
+        metadata=form_option("Categories", "SCORES / PREDICTIONS: only predictions of these category names count."),
     )
 
 
@@ -489,7 +492,7 @@ class SelectionStrategyConfig:
 
     type: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Strategy type",
             "DIVERSITY, WEIGHTS, THRESHOLD, BALANCE, SIMILARITY or TYPICALITY.",
             enum=SELECTION_STRATEGY_TYPES,
@@ -497,7 +500,7 @@ class SelectionStrategyConfig:
     )
     strength: float = field(
         default=1.0,
-        metadata=_opt(
+        metadata=form_option(
             "Strength",
             "Exponent of this strategy's objective in the product of all objectives; negative inverts it.",
             minimum=-1e9,
@@ -506,25 +509,28 @@ class SelectionStrategyConfig:
     )
     stopping_condition_minimum_distance: float | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Minimum distance",
             "DIVERSITY: samples closer than this to a selected or existing sample are not selected.",
             minimum=0.0,
         ),
     )
-    threshold: float | None = field(default=None, metadata=_opt("Threshold", "THRESHOLD: the value compared to."))
+    threshold: float | None = field(
+        default=None, metadata=form_option("Threshold", "THRESHOLD: the value compared to.")
+    )
     operation: str | None = field(
         default=None,
-        metadata=_opt("Operation", "THRESHOLD: keep samples whose input is <operation> threshold.",
-                      enum=THRESHOLD_OPERATIONS),
+        metadata=form_option(
+            "Operation", "THRESHOLD: keep samples whose input is <operation> threshold.", enum=THRESHOLD_OPERATIONS
+        ),
     )
     target: dict[str, float] | None = field(
         default=None,
-        metadata=_opt("Target", "BALANCE: target share of each category name (0..1, summing to at most 1)."),
+        metadata=form_option("Target", "BALANCE: target share of each category name (0..1, summing to at most 1)."),
     )
     distribution: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Distribution",
             "BALANCE: TARGET (the target, default), UNIFORM (equal shares) or INPUT (the candidates' shares).",
             enum=BALANCE_DISTRIBUTIONS,
@@ -532,17 +538,24 @@ class SelectionStrategyConfig:
     )
     num_nearest_neighbors: int | None = field(
         default=None,
-        metadata=_opt("Nearest neighbours", "TYPICALITY: neighbours whose mean distance defines it (default 20).",
-                      minimum=2),
+        metadata=form_option(
+            "Nearest neighbours", "TYPICALITY: neighbours whose mean distance defines it (default 20).", minimum=2
+        ),
     )
     stopping_condition_minimum_typicality: float | None = field(
         default=None,
-        metadata=_opt("Minimum typicality", "TYPICALITY: stop before a pick less typical than this (0..1].",
-                      exclusive_minimum=0.0, maximum=1.0),
+        metadata=form_option(
+            "Minimum typicality",
+            "TYPICALITY: stop before a pick less typical than this (0..1].",
+            exclusive_minimum=0.0,
+            maximum=1.0,
+        ),
     )
     stopping_condition_max_sum: float | None = field(
         default=None,
-        metadata=_opt("Maximum sum", "WEIGHTS: stop once the selected samples' inputs sum to this.", minimum=0.0),
+        metadata=form_option(
+            "Maximum sum", "WEIGHTS: stop once the selected samples' inputs sum to this.", minimum=0.0
+        ),
     )
 
 
@@ -551,10 +564,10 @@ class SelectionStrategyEntry:
     """One objective of the selection: an input and a strategy, as in the Lightly Worker's config."""
 
     input: SelectionInputConfig = field(
-        default_factory=SelectionInputConfig, metadata=_opt("Input", "type, task, score, key, name, ...")
+        default_factory=SelectionInputConfig, metadata=form_option("Input", "type, task, score, key, name, ...")
     )
     strategy: SelectionStrategyConfig = field(
-        default_factory=SelectionStrategyConfig, metadata=_opt("Strategy", "type, strength, threshold, ...")
+        default_factory=SelectionStrategyConfig, metadata=form_option("Strategy", "type, strength, threshold, ...")
     )
 
 
@@ -564,18 +577,22 @@ class SelectionConfig:
 
     n_samples: int | None = field(
         default=None,
-        metadata=_opt("Number of samples", "Replaces stopping_condition.n_samples/proportion_samples when set.",
-                      minimum=1),
+        metadata=form_option(
+            "Number of samples", "Replaces stopping_condition.n_samples/proportion_samples when set.", minimum=1
+        ),
     )
     proportion_samples: float | None = field(
         default=None,
-        metadata=_opt("Proportion of samples",
-                      "Replaces stopping_condition.n_samples/proportion_samples when set.",
-                      exclusive_minimum=0.0, maximum=1.0),
+        metadata=form_option(
+            "Proportion of samples",
+            "Replaces stopping_condition.n_samples/proportion_samples when set.",
+            exclusive_minimum=0.0,
+            maximum=1.0,
+        ),
     )
     strategies: tuple[SelectionStrategyEntry, ...] = field(
         default=(),
-        metadata=_opt(
+        metadata=form_option(
             "Strategies",
             "A JSON array of {input: {...}, strategy: {...}} objectives combined greedily into one (the product "
             "of each objective to the power of its strength; THRESHOLD strategies filter first). Empty: "
@@ -594,11 +611,11 @@ class RunConfig:
 
     datasource: DatasourceConfig = field(
         default_factory=DatasourceConfig,
-        metadata=_opt("Datasource", "uri (required), conn_id, process_all, window."),
+        metadata=form_option("Datasource", "uri (required), conn_id, process_all, window."),
     )
     dataset: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Dataset",
             "Name of the dataset in the dataset store that this run creates or grows.",
             check=_check_dataset_name,
@@ -606,25 +623,25 @@ class RunConfig:
     )
     input_type: str = field(
         default="images",
-        metadata=_opt("Input type", "Kind of objects to curate.", enum=INPUT_TYPES),
+        metadata=form_option("Input type", "Kind of objects to curate.", enum=INPUT_TYPES),
     )
     stopping_condition: StoppingConditionConfig = field(
         default_factory=_default_stopping_condition,
-        metadata=_opt(
+        metadata=form_option(
             "Stopping condition",
             "n_samples, proportion_samples and/or min_distance; selection stops at the first one reached.",
         ),
     )
     selection_config: SelectionConfig = field(
         default_factory=SelectionConfig,
-        metadata=_opt(
+        metadata=form_option(
             "Selection config",
             "The Lightly Worker's selection_config (n_samples, proportion_samples, strategies), pasted unchanged.",
         ),
     )
     enable_corruptness_check: bool = field(
         default=True,
-        metadata=_opt(
+        metadata=form_option(
             "Corruptness check",
             "Also run the integrity pass (e.g. PNG chunk checksums) before decoding. Objects that cannot be "
             "decoded at all (empty, truncated, not an image, too many pixels) are always excluded and listed.",
@@ -632,14 +649,14 @@ class RunConfig:
     )
     remove_exact_duplicates: bool = field(
         default=True,
-        metadata=_opt(
+        metadata=form_option(
             "Remove exact duplicates",
             "Drop objects whose bytes equal an earlier object's or a dataset sample's (SHA-256).",
         ),
     )
     enable_training: bool = field(
         default=False,
-        metadata=_opt(
+        metadata=form_option(
             "Self-supervised training",
             "Train the embedding model on this run's non-corrupt images first (see training; from "
             "embedding.checkpoint if set, else from random weights); embedding then uses the trained weights, "
@@ -648,19 +665,19 @@ class RunConfig:
     )
     training: TrainingConfig = field(
         default_factory=TrainingConfig,
-        metadata=_opt("Training", "method, epochs, batch_size, lr, image_size; used when enable_training."),
+        metadata=form_option("Training", "method, epochs, batch_size, lr, image_size; used when enable_training."),
     )
     embedding: EmbeddingConfig = field(
         default_factory=EmbeddingConfig,
-        metadata=_opt("Embedding", "model, checkpoint, image_size."),
+        metadata=form_option("Embedding", "model, checkpoint, image_size."),
     )
     batch_size: int = field(
         default=32,
-        metadata=_opt("Batch size", "Images per embedding batch.", minimum=1, maximum=4096),
+        metadata=form_option("Batch size", "Images per embedding batch.", minimum=1, maximum=4096),
     )
     num_shards: int = field(
         default=0,
-        metadata=_opt(
+        metadata=form_option(
             "Number of shards",
             "Parallel decode/embedding tasks. 0 picks one shard per 2,000 objects (at most 64).",
             minimum=0,
@@ -669,7 +686,7 @@ class RunConfig:
     )
     artifacts_root: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Artifacts root URI",
             "Where tables, the decoded cache, reports and exports go: a folder or an s3://, gs:// or az:// "
             "prefix. "
@@ -679,7 +696,7 @@ class RunConfig:
     )
     artifacts_conn_id: str | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Artifacts connection id",
             "Airflow connection for an s3://, gs:// or az:// artifacts root, dump output and checkpoint. Empty: "
             "the datasource's connection, unless the artifacts root is on another kind of store (then that "
@@ -688,7 +705,7 @@ class RunConfig:
     )
     max_object_bytes: int = field(
         default=DEFAULT_MAX_OBJECT_BYTES,
-        metadata=_opt(
+        metadata=form_option(
             "Maximum object size",
             "Objects larger than this many bytes (as listed) are not read; they are reported as corrupt with "
             "the reason 'too large'.",
@@ -697,18 +714,18 @@ class RunConfig:
     )
     store_url: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Dataset store URL",
             "SQLAlchemy URL of the dataset store. Empty: $LIGHTLY_STORE_URL or a SQLite file in LIGHTLY_HOME.",
         ),
     )
     video: VideoConfig = field(
         default_factory=VideoConfig,
-        metadata=_opt("Video", "frame_stride, timeout_seconds, backend, isolate_decoder (input_type: videos)."),
+        metadata=form_option("Video", "frame_stride, timeout_seconds, backend, isolate_decoder (input_type: videos)."),
     )
     selected_sequence_length: int = field(
         default=1,
-        metadata=_opt(
+        metadata=form_option(
             "Selected sequence length",
             "Videos only: split each video into runs of this many consecutive (sampled) frames and select "
             "whole runs, compared by their mean embedding. stopping_condition.n_samples counts frames and "
@@ -718,7 +735,7 @@ class RunConfig:
     )
     pretagging: bool = field(
         default=False,
-        metadata=_opt(
+        metadata=form_option(
             "Pretagging",
             "Run pretagging_config's model over the run's non-corrupt samples (from the decoded cache) and write "
             "its predictions in Lightly's format to <run>/.lightly/predictions/, and those of the selected "
@@ -727,16 +744,16 @@ class RunConfig:
     )
     pretagging_config: PretaggingConfig = field(
         default_factory=PretaggingConfig,
-        metadata=_opt(
+        metadata=form_option(
             "Pretagging model",
             "model, weights, task_name, task_type, categories, score_threshold, batch_size; used when "
             "pretagging. (The Lightly Worker's pretagging_config is a min-requirements file; here it is the model.)",
         ),
     )
-    dump: DumpConfig = field(default_factory=DumpConfig, metadata=_opt("Dump", "output, format, image_size."))
+    dump: DumpConfig = field(default_factory=DumpConfig, metadata=form_option("Dump", "output, format, image_size."))
     keep_cache: bool = field(
         default=False,
-        metadata=_opt(
+        metadata=form_option(
             "Keep decoded cache",
             "Keep the run's decoded image cache after a successful run (it is deleted by default).",
         ),
@@ -805,9 +822,7 @@ def redact_uri(uri: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
-            query = urlencode(
-                [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*/:"
-            )
+            query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*/:")
     if netloc == parts.netloc and query == parts.query:
         return uri
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
@@ -829,9 +844,7 @@ def _resolve_defaults(cfg: RunConfig) -> RunConfig:
         or ((lightly_home() / "artifacts").resolve().as_uri())
     )
     store_url = (
-        cfg.store_url
-        or os.environ.get("LIGHTLY_STORE_URL")
-        or (f"sqlite:///{(lightly_home() / 'store.db').resolve()}")
+        cfg.store_url or os.environ.get("LIGHTLY_STORE_URL") or (f"sqlite:///{(lightly_home() / 'store.db').resolve()}")
     )
     datasource_conn_id = cfg.datasource.conn_id or DEFAULT_CONN_IDS.get(uri_scheme(cfg.datasource.uri))
     # the datasource's connection, unless the artifacts live on another kind of object store
@@ -862,13 +875,11 @@ def parse_config(conf: Mapping[str, Any]) -> RunConfig:
             "pretagging_config: expected an object {model, weights, task_name, ...}; the Lightly Worker's "
             "min-requirements file is not supported"
         )
-    cfg = _parse_dataclass(RunConfig, conf, prefix="")
+    cfg = parse_dataclass(RunConfig, conf, prefix="")
     cfg = _merge_selection_counts(cfg)
     stop = cfg.stopping_condition
     if stop.n_samples is None and stop.proportion_samples is None and stop.min_distance is None:
-        raise ConfigError(
-            "stopping_condition: set at least one of n_samples, proportion_samples, min_distance"
-        )
+        raise ConfigError("stopping_condition: set at least one of n_samples, proportion_samples, min_distance")
     if cfg.selected_sequence_length > 1:
         if cfg.input_type != "videos":
             raise ConfigError("selected_sequence_length: sequences can only be selected from videos")
@@ -972,7 +983,12 @@ def _check_strategies(cfg: RunConfig) -> None:
                 raise ConfigError(f"{where}.strategy.{key}: only applies to {owner}, not {strat.type}")
 
 
-def _parse_dataclass(cls: type, conf: Any, *, prefix: str) -> Any:
+def parse_dataclass(cls: type, conf: Any, *, prefix: str) -> Any:
+    """An instance of the config dataclass ``cls`` from the mapping ``conf``, validated field by field.
+
+    Unknown keys, wrong types and values outside a field's :func:`form_option` constraints raise
+    :class:`ConfigError` naming the key with ``prefix`` (``"video."``).
+    """
     where = prefix.rstrip(".") or "conf"
     if not isinstance(conf, Mapping):
         raise ConfigError(f"{where}: expected an object, got {type(conf).__name__}")
@@ -991,7 +1007,7 @@ def _parse_dataclass(cls: type, conf: Any, *, prefix: str) -> Any:
             values[name] = _parse_value(hints[name], conf[name], key=key, meta=f.metadata)
         elif dataclasses.is_dataclass(hints[name]):
             # validate a nested default too, so a missing required sub-key is named
-            values[name] = _parse_dataclass(hints[name], _field_default(f), prefix=f"{key}.")
+            values[name] = parse_dataclass(hints[name], _field_default(f), prefix=f"{key}.")
     try:
         obj = cls(**values)
     except TypeError as exc:  # pragma: no cover - dataclass signature mismatch is a programming error
@@ -1011,7 +1027,7 @@ def _parse_value(tp: Any, value: Any, *, key: str, meta: Mapping[str, Any]) -> A
             return None
         return _parse_value(args[0], value, key=key, meta=meta)
     if dataclasses.is_dataclass(tp):
-        return _parse_dataclass(tp, value, prefix=f"{key}.")
+        return parse_dataclass(tp, value, prefix=f"{key}.")
     if origin is tuple:  # tuple[X, ...]: a JSON array
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -1072,8 +1088,7 @@ def _json_schema(tp: Any, meta: Mapping[str, Any], default: Any) -> dict[str, An
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                f.name: _json_schema(hints[f.name], f.metadata, _field_default(f))
-                for f in dataclasses.fields(tp)
+                f.name: _json_schema(hints[f.name], f.metadata, _field_default(f)) for f in dataclasses.fields(tp)
             },
         }
     elif typing.get_origin(tp) in (tuple, dict):
@@ -1118,7 +1133,4 @@ def _json_value(value: Any) -> Any:
 def param_schemas() -> dict[str, dict[str, Any]]:
     """JSON schema (with ``default``, ``title``, ``description``) of every top-level key, for Airflow Params."""
     hints = typing.get_type_hints(RunConfig)
-    return {
-        f.name: _json_schema(hints[f.name], f.metadata, _field_default(f))
-        for f in dataclasses.fields(RunConfig)
-    }
+    return {f.name: _json_schema(hints[f.name], f.metadata, _field_default(f)) for f in dataclasses.fields(RunConfig)}

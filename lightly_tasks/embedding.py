@@ -95,7 +95,7 @@ def build_model(name: str, checkpoint: bytes | None = None) -> nn.Module:
     return model.eval()
 
 
-def _rebatch(parts: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+def rebatch(parts: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
     """Cut a stream of (n, S, S, 3) arrays into (batch_size, S, S, 3) batches (the last may be smaller)."""
     buffer: list[np.ndarray] = []
     held = 0
@@ -113,7 +113,7 @@ def _rebatch(parts: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarra
         yield np.concatenate(buffer)
 
 
-def _prefetch(items: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+def prefetch(items: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
     """Iterate ``items`` on a background thread, ``depth`` ahead, so loading overlaps inference."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -157,7 +157,7 @@ def embed(
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     progress = Progress("embedding", total, unit="images")
     outputs: list[np.ndarray] = []
-    for batch in _prefetch(_rebatch(parts, batch_size)):
+    for batch in prefetch(rebatch(parts, batch_size)):
         x = torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):

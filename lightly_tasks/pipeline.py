@@ -76,7 +76,8 @@ def _shard_count(config: RunConfig, n_objects: int) -> int:
     return max(1, min(MAX_AUTO_SHARDS, math.ceil(n_objects / per_shard)))
 
 
-def _extensions(input_type: str) -> frozenset[str]:
+def extensions_for(input_type: str) -> frozenset[str]:
+    """The file extensions a run of ``input_type`` ("images" or "videos") lists."""
     if input_type == "videos":
         from lightly_tasks.video import VIDEO_EXTENSIONS  # PyAV: imported here to keep DAG parsing fast
 
@@ -127,7 +128,7 @@ def _list_stage(ctx: RunContext, window: RunWindow | None = None) -> Manifest:
         cfg.datasource.uri,
         mode=cfg.datasource.window,
         window=window or RunWindow(),
-        extensions=_extensions(cfg.input_type),
+        extensions=extensions_for(cfg.input_type),
     )
     listed = scope.objects
     if scope.folder is not None or scope.interval is not None:

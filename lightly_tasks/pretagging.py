@@ -44,7 +44,7 @@ import torchvision
 from torch import nn
 
 from lightly_tasks.config import ConfigError, PretaggingConfig
-from lightly_tasks.embedding import IMAGENET_MEAN, IMAGENET_STD, _prefetch, _rebatch, default_device
+from lightly_tasks.embedding import IMAGENET_MEAN, IMAGENET_STD, default_device, prefetch, rebatch
 from lightly_tasks.predictions import Prediction, PredictionFormatError, PredictionSchema, parse_schema
 from lightly_tasks.progress import Progress
 
@@ -337,7 +337,7 @@ def pretag(
     progress = Progress("pretagging", len(sizes), unit="images")
     started = time.monotonic()
     results: list[list[Prediction]] = []
-    for batch in _prefetch(_rebatch(parts, batch_size)):
+    for batch in prefetch(rebatch(parts, batch_size)):
         if len(results) + len(batch) > len(sizes):
             raise RuntimeError(f"the cache holds more images than the {len(sizes)} sizes given")
         if model.schema.task_type == "object-detection":

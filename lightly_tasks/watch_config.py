@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from lightly_tasks.config import ConfigError, RunConfig, _opt, _parse_dataclass, lightly_home, parse_config
+from lightly_tasks.config import ConfigError, RunConfig, form_option, lightly_home, parse_config, parse_dataclass
 
 WATCH_CONFIG_ENV = "LIGHTLY_WATCH_CONFIG"
 DEFAULT_SCHEDULE = "*/5 * * * *"
@@ -44,13 +44,13 @@ class WatchSettings:
 
     name: str = field(
         default="",
-        metadata=_opt(
+        metadata=form_option(
             "Name", "Names the watch's tasks (watch_<name>, trigger_<name>). Empty: the dataset.", check=_check_name
         ),
     )
     quiet_seconds: float = field(
         default=60.0,
-        metadata=_opt(
+        metadata=form_option(
             "Quiet period",
             "Trigger only when no object was added or changed for this many seconds, so that an upload in "
             "progress is curated in one run rather than many.",
@@ -59,11 +59,11 @@ class WatchSettings:
     )
     min_objects: int = field(
         default=1,
-        metadata=_opt("Minimum objects", "Trigger only when at least this many new objects wait.", minimum=1),
+        metadata=form_option("Minimum objects", "Trigger only when at least this many new objects wait.", minimum=1),
     )
     max_wait_seconds: float | None = field(
         default=None,
-        metadata=_opt(
+        metadata=form_option(
             "Maximum wait",
             "Trigger with fewer than min_objects once the first new object has waited this long. Empty: wait "
             "for min_objects however long it takes.",
@@ -72,7 +72,7 @@ class WatchSettings:
     )
     poll_seconds: float = field(
         default=30.0,
-        metadata=_opt(
+        metadata=form_option(
             "Poll interval",
             "Seconds between two listings of the datasource (each is one paged LIST plus a datapool read).",
             exclusive_minimum=0.0,
@@ -80,7 +80,7 @@ class WatchSettings:
     )
     window_seconds: float = field(
         default=900.0,
-        metadata=_opt(
+        metadata=form_option(
             "Watch window",
             "One watch task waits at most this long; with nothing to curate it is skipped and the next "
             "scheduled run of lightly_bucket_watch watches again.",
@@ -89,7 +89,7 @@ class WatchSettings:
     )
     claim_seconds: float = field(
         default=3600.0,
-        metadata=_opt(
+        metadata=form_option(
             "Claim time",
             "When the watch fires it leases the dataset for the curation run it triggers, for this long; the "
             "run renews the lease when it starts. A run that never starts (e.g. lightly_curation paused) "
@@ -130,7 +130,7 @@ def parse_watch(entry: Any, *, prefix: str = "") -> Watch:
     conf = entry["conf"]
     if not isinstance(conf, Mapping):
         raise ConfigError(f"{prefix}conf: expected an object, got {type(conf).__name__}")
-    settings = _parse_dataclass(WatchSettings, {k: v for k, v in entry.items() if k != "conf"}, prefix=prefix)
+    settings = parse_dataclass(WatchSettings, {k: v for k, v in entry.items() if k != "conf"}, prefix=prefix)
     try:
         config = parse_config(conf)
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from lightly_airflow.context import location_for
 from lightly_tasks.bucket_watch import SettleRule, SettleState, datapool_id, manifest, observe
 from lightly_tasks.config import RunConfig, parse_config
-from lightly_tasks.pipeline import _extensions as extensions_for
+from lightly_tasks.pipeline import extensions_for
 from lightly_tasks.storage import Location
 from lightly_tasks.store import DatasetStore
 
