@@ -32,12 +32,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from lightly_tasks.decoder_child import CRASH_HOOK_ENV
 from lightly_tasks.frame_samples import FrameResult
-from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
+from lightly_tasks.ranged_file import CountedFile, Deadline, DeadlineExceeded, open_counted
 from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
 from lightly_tasks.video import DecodeStats, StreamInfo, VideoOpenError
 
@@ -173,6 +175,32 @@ class DecoderProcess:
         self.close()
 
 
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One video to decode: where it is, how to sample and shrink its frames, its time limit, where to count bytes."""
+
+    location: Location
+    key: str
+    size: int | None
+    backend: str
+    stride: int
+    image_size: int
+    timeout: float | None
+    counter: ByteCounter
+
+    def open(self, deadline: Deadline) -> AbstractContextManager[CountedFile]:
+        """The video opened for streaming: ranged reads of :data:`STREAM_BLOCK_BYTES`, counted, checked
+        against ``deadline``."""
+        return open_counted(
+            self.location,
+            self.key,
+            size=self.size,
+            counter=self.counter,
+            block_size=STREAM_BLOCK_BYTES,
+            deadline=deadline,
+        )
+
+
 class IsolatedVideoJob:
     """Decode one video in ``process``'s child; the same interface as the in-process ``VideoJob``.
 
@@ -180,33 +208,19 @@ class IsolatedVideoJob:
     finish), ``error`` (why it stopped early) and ``crashed`` (the child died on this video).
     """
 
-    def __init__(
-        self,
-        process: DecoderProcess,
-        location: Location,
-        key: str,
-        *,
-        size: int | None,
-        backend: str,
-        stride: int,
-        image_size: int,
-        timeout: float | None,
-        counter: ByteCounter,
-    ) -> None:
-        self.process, self.location, self.key, self.size = process, location, key, size
-        self.backend, self.stride, self.image_size = backend, stride, image_size
-        self.timeout, self.counter = timeout, counter
+    def __init__(self, process: DecoderProcess, request: DecodeRequest) -> None:
+        self.process, self.request = process, request
         self.info: StreamInfo | None = None
         self.stats: DecodeStats | None = None
         self.error: str | None = None
         self.crashed = False
-        self._deadline = Deadline(timeout)
+        self._deadline = Deadline(request.timeout)
         self._read_error: str | None = None
         self._connections: tuple[Connection, Connection] | None = None
 
     def _timed_out(self) -> None:
         self.process.kill()
-        self.error = f"timeout: not decoded within video.timeout_seconds={self.timeout:g}"
+        self.error = f"timeout: not decoded within video.timeout_seconds={self.request.timeout:g}"
 
     def _serve(self, f: io.RawIOBase, request: tuple[Any, ...]) -> tuple[str, Any]:
         """The reply to the child's ``read``/``seek`` request (``ioerror`` with a reason on failure)."""
@@ -222,16 +236,9 @@ class IsolatedVideoJob:
 
     def __iter__(self) -> Iterator[FrameResult]:
         self._connections = self.process.connections()  # a fresh child's start is not the video's time
-        self._deadline = Deadline(self.timeout)
+        self._deadline = Deadline(self.request.timeout)
         try:
-            with open_counted(
-                self.location,
-                self.key,
-                size=self.size,
-                counter=self.counter,
-                block_size=STREAM_BLOCK_BYTES,
-                deadline=self._deadline,
-            ) as f:
+            with self.request.open(self._deadline) as f:
                 yield from self._exchange(f)
         except DeadlineExceeded:
             self._timed_out()
@@ -240,7 +247,12 @@ class IsolatedVideoJob:
 
     def _exchange(self, f: io.RawIOBase) -> Iterator[FrameResult]:
         assert self._connections is not None
-        spec = {"key": self.key, "backend": self.backend, "stride": self.stride, "image_size": self.image_size}
+        spec = {
+            "key": self.request.key,
+            "backend": self.request.backend,
+            "stride": self.request.stride,
+            "image_size": self.request.image_size,
+        }
         try:
             for kind, value in _conversation(self._connections, ("decode", spec), f, self._deadline, self._serve):
                 if kind == "info":
@@ -256,7 +268,7 @@ class IsolatedVideoJob:
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self.crashed = True
             self.error = self.process.exit_reason()
-            log.error("decoding %s: %s", self.key, self.error)
+            log.error("decoding %s: %s", self.request.key, self.error)
 
 
 def _serve_plain(f: io.RawIOBase, request: tuple[Any, ...]) -> tuple[str, Any]:

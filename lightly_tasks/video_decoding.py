@@ -39,13 +39,13 @@ import pandas as pd
 
 from lightly_tasks import artifacts
 from lightly_tasks.decoder_child import POST_WORKERS
-from lightly_tasks.decoder_process import STREAM_BLOCK_BYTES, DecoderProcess, IsolatedVideoJob
+from lightly_tasks.decoder_process import DecodeRequest, DecoderProcess, IsolatedVideoJob
 from lightly_tasks.decoding import CACHE_PART_SIZE, ordered_map
 from lightly_tasks.frame_names import frame_key
 from lightly_tasks.frame_samples import FrameResult
 from lightly_tasks.frame_samples import frame_result as _frame_result
 from lightly_tasks.progress import Progress
-from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
+from lightly_tasks.ranged_file import Deadline, DeadlineExceeded
 from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
 from lightly_tasks.video import DecodeStats, Frame, StreamInfo, VideoOpenError, open_reader
 
@@ -79,25 +79,12 @@ class VideoJob:
     ``error`` (why it stopped: open failure, read failure, timeout; None when it ran to the end).
     """
 
-    def __init__(
-        self,
-        location: Location,
-        key: str,
-        *,
-        size: int | None,
-        backend: str,
-        stride: int,
-        image_size: int,
-        timeout: float | None,
-        counter: ByteCounter,
-    ) -> None:
-        self.location, self.key, self.size = location, key, size
-        self.backend, self.stride, self.image_size = backend, stride, image_size
-        self.timeout, self.counter = timeout, counter
+    def __init__(self, request: DecodeRequest) -> None:
+        self.request = request
         self.info: StreamInfo | None = None
         self.stats: DecodeStats | None = None
         self.error: str | None = None
-        self._deadline = Deadline(timeout)
+        self._deadline = Deadline(request.timeout)
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=QUEUE_FRAMES)
 
     def _put(self, kind: str, item: Any) -> None:
@@ -109,25 +96,16 @@ class VideoJob:
                 self._deadline.check()
 
     def _result(self, frame: Frame) -> FrameResult:
-        return _frame_result(frame, self.image_size)
+        return _frame_result(frame, self.request.image_size)
 
     def _produce(self) -> None:
         try:
-            with open_counted(
-                self.location,
-                self.key,
-                size=self.size,
-                counter=self.counter,
-                block_size=STREAM_BLOCK_BYTES,
-                deadline=self._deadline,
-            ) as f:
-                reader = open_reader(self.backend, f, deadline=self._deadline)
+            with self.request.open(self._deadline) as f:
+                reader = open_reader(self.request.backend, f, deadline=self._deadline)
                 try:
                     self._put("info", reader.info)
-                    frames = reader.frames(self.stride)
-                    for result in ordered_map(
-                        self._result, frames, workers=POST_WORKERS, window=2 * POST_WORKERS
-                    ):
+                    frames = reader.frames(self.request.stride)
+                    for result in ordered_map(self._result, frames, workers=POST_WORKERS, window=2 * POST_WORKERS):
                         self._put("frame", result)
                     self._put("end", reader.stats)
                 finally:
@@ -139,7 +117,7 @@ class VideoJob:
         except OSError as exc:
             self._finish(read_failure_reason(exc))
         except Exception as exc:  # a decoder failure on one video must not end the shard
-            log.exception("decoding %s failed", self.key)
+            log.exception("decoding %s failed", self.request.key)
             self._finish(f"decode error: {type(exc).__name__}: {exc}")
 
     def _finish(self, reason: str) -> None:
@@ -149,7 +127,7 @@ class VideoJob:
             pass
 
     def __iter__(self) -> Iterator[FrameResult]:
-        worker = threading.Thread(target=self._produce, name=f"video-decode-{self.key}", daemon=True)
+        worker = threading.Thread(target=self._produce, name=f"video-decode-{self.request.key}", daemon=True)
         worker.start()
         while True:
             remaining = self._deadline.remaining()
@@ -157,7 +135,7 @@ class VideoJob:
                 kind, item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 self._deadline.cancel()
-                self.error = f"timeout: not decoded within video.timeout_seconds={self.timeout:g}"
+                self.error = f"timeout: not decoded within video.timeout_seconds={self.request.timeout:g}"
                 return
             if kind == "info":
                 self.info = item
@@ -189,9 +167,7 @@ def _video_verdict(
     elif job.stats and job.stats.stopped:
         notes.append(job.stats.stopped)
     if stream_frames is not None and header_frames is not None and stream_frames != header_frames:
-        notes.append(
-            f"frame count mismatch: the header announces {header_frames}, the stream holds {stream_frames}"
-        )
+        notes.append(f"frame count mismatch: the header announces {header_frames}, the stream holds {stream_frames}")
     elif stream_frames is not None and header_frames is None and estimate_disagrees(estimate, stream_frames):
         notes.append(
             f"frame count mismatch: the header's duration and frame rate imply about {estimate} frames, "
@@ -302,19 +278,8 @@ def _decode_videos(
             verdicts.append({"key": key, "verdict": "corrupt", "reason": unread, "bytes_read": 0})
             continue
         own = ByteCounter()
-        options = {
-            "size": size,
-            "backend": backend,
-            "stride": stride,
-            "image_size": image_size,
-            "timeout": timeout,
-            "counter": own,
-        }
-        job = (
-            VideoJob(datasource, key, **options)
-            if process is None
-            else IsolatedVideoJob(process, datasource, key, **options)
-        )
+        request = DecodeRequest(datasource, key, size, backend, stride, image_size, timeout, own)
+        job = VideoJob(request) if process is None else IsolatedVideoJob(process, request)
         expected = header_frames or estimate or 0
         progress = Progress(f"decode {key}", -(-expected // stride), unit="frames", logger=log)
         n_ok = n_bad = n_samples = 0
@@ -341,8 +306,7 @@ def _decode_videos(
         delivered = job.stats.frames if job.stats else last_index + 1
         if header_frames and delivered < header_frames and job.info is not None and not job_crashed(job):
             why = (
-                job.error
-                or f"missing: the header announces {header_frames} frames, the stream ends after {delivered}"
+                job.error or f"missing: the header announces {header_frames} frames, the stream ends after {delivered}"
             )
             first = -(-delivered // stride) * stride
             missing = range(first, header_frames, stride)
@@ -363,7 +327,7 @@ def _decode_videos(
                 "key": key,
                 "verdict": verdict,
                 "reason": reason,
-                "backend": job.backend,
+                "backend": job.request.backend,
                 "stream_frames": job.stats.frames if job.stats else None,
                 "n_samples": n_samples,
                 "n_ok": n_ok,

@@ -21,9 +21,8 @@ import pytest
 from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.demo_data import add_images, build_demo_folder
 from lightly_tasks.store import DatasetStore
-from tests.airflow_dags import load_dag
+from tests.airflow_dags import load_dag, run_with_logs
 from tests.cloud_emulators import ObjectStore, object_store_for
-from tests.test_dag_s3 import _run
 
 pytestmark = pytest.mark.dag
 
@@ -89,12 +88,12 @@ def scenario(request, tmp_path_factory, airflow_db) -> Scenario:
                 store.upload_folder(folder, sc.src, "raw/", keys=sc.added)
         if store is not None:
             store.proxy.reset()
-        sc.runs[run] = _run(dag, conf, sc.logs, run)
+        sc.runs[run] = run_with_logs(dag, conf, sc.logs, run)
         if store is not None:
             sc.fetched[run] = [e for e in store.proxy.exchanges(sc.src) if e.method == "GET" and e.key]
     process_all = {**sc.conf, "datasource": {"uri": datasource, "process_all": True},
                    "stopping_condition": {"n_samples": 2}}
-    sc.runs["third"] = _run(dag, process_all, sc.logs, "third")
+    sc.runs["third"] = run_with_logs(dag, process_all, sc.logs, "third")
     return sc
 
 

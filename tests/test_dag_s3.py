@@ -13,9 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import json
-import logging
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import pytest
 from lightly_tasks.artifacts import safe_run_id
 from lightly_tasks.demo_data import build_demo_folder
 from lightly_tasks.store import DatasetStore
-from tests.airflow_dags import load_dag
+from tests.airflow_dags import load_dag, run_with_logs
 from tests.s3_server import S3Emulator
 
 pytestmark = pytest.mark.dag
@@ -34,38 +32,6 @@ pytestmark = pytest.mark.dag
 N_SAMPLES = 8
 MAX_OBJECT_BYTES = 2 * 2**20
 HUGE_KEY = "huge/panorama.png"
-
-
-class _Tee(io.TextIOBase):
-    """A text stream that keeps a copy of everything written through it."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.copy = stream, io.StringIO()
-
-    def write(self, text: str) -> int:
-        self.copy.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def _run(dag, conf: dict[str, Any], logs: dict[str, str], name: str):
-    """``dag.test()`` with its task logs kept in ``logs[name]``.
-
-    Airflow prints task logs to stdout/stderr under ``dag.test()``; records of stdlib loggers (the pipeline's
-    own) are copied in as well.
-    """
-    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
-    records = logging.StreamHandler(out.copy)
-    logging.getLogger().addHandler(records)
-    sys.stdout, sys.stderr = out, err
-    try:
-        return dag.test(run_conf=conf)
-    finally:
-        sys.stdout, sys.stderr = out.stream, err.stream
-        logging.getLogger().removeHandler(records)
-        logs[name] = out.copy.getvalue() + err.copy.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +66,10 @@ def scenario(tmp_path_factory, airflow_db, s3: S3Emulator) -> dict[str, Any]:
     logs: dict[str, str] = {}
     try:
         s3.proxy.reset()
-        runs["first"] = _run(dag, conf, logs, "first")
+        runs["first"] = run_with_logs(dag, conf, logs, "first")
         traffic["first"] = s3.proxy.exchanges(src)
         missing = {**conf, "datasource": {"uri": "s3://no-such-bucket-lightly/raw"}}
-        runs["missing"] = _run(dag, missing, logs, "missing")
+        runs["missing"] = run_with_logs(dag, missing, logs, "missing")
     finally:
         os.environ.pop("AIRFLOW_CONN_AWS_ARTIFACTS", None)
     return {
