@@ -6,7 +6,8 @@ themselves when the configuration does not enable them.
 
 Created paused. A daily data-interval timetable (``LIGHTLY_CURATION_SCHEDULE``) serves ``airflow backfill
 create`` and scheduled runs; S3 events start runs too when ``LIGHTLY_S3_EVENTS_QUEUE`` is set; runs without a
-conf use ``LIGHTLY_CURATION_CONF`` (see ``lightly_airflow.schedule``).
+conf use ``LIGHTLY_CURATION_CONF`` (see ``lightly_airflow.schedule``). A run whose dataset another run is
+curating waits at ``list``, rescheduled (``lightly_airflow.dataset_lease``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from lightly_airflow.context import run_context
+from lightly_airflow.dataset_lease import wait_while_busy
 from lightly_airflow.schedule import curation_schedule, default_conf, with_defaults
 
 from lightly_tasks import pipeline
@@ -60,7 +62,8 @@ def lightly_curation() -> None:
         data_interval_end: pendulum.DateTime | None = None,
     ) -> list[dict[str, Any]]:
         window = RunWindow(start=data_interval_start, end=data_interval_end)
-        return pipeline.per_shard(pipeline.list_stage(run_context(params, run_id), window))
+        ctx = run_context(params, run_id)
+        return pipeline.per_shard(wait_while_busy(lambda: pipeline.list_stage(ctx, window)))
 
     @task(task_id="frame_counting")
     def frame_counting(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
