@@ -1,8 +1,9 @@
-"""GCS and Azure Blob datasources against real APIs (fake-gcs-server and Azurite behind the counting proxy).
+"""S3, GCS and Azure Blob datasources against real APIs (moto, fake-gcs-server, Azurite behind the counting proxy).
 
 Listing, reads, retries, error messages, credentials and the bad-object matrix are checked on the
 ``lightly_tasks`` functions with Locations built the way the DAG builds them (``lightly_airflow.context``), one
-parametrised test per behaviour (tests/test_s3_datasource.py holds the S3 ones and S3's own retry settings).
+test per behaviour parametrised over the three stores; what only one store has (S3's retry settings and
+fault injection, GCS and Azure credential forms) has its own tests here and in tests/test_s3_datasource.py.
 Azure's SDK waits 15 s before retrying a 5xx answer, and a second listing page needs 5,000 blobs there, so those
 two cases are marked slow.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lightly_tasks.config import parse_config
+from lightly_tasks.config import DEFAULT_CONN_IDS, parse_config
 from lightly_tasks.decoding import decode_shard
 from lightly_tasks.demo_data import build_demo_folder, gray_jpeg
 from lightly_tasks.storage import (
@@ -33,7 +34,7 @@ from lightly_tasks.storage import (
 from tests.cloud_emulators import AzureEmulator, ObjectStore, object_store_for
 from tests.traffic_proxy import Fault
 
-STORES = ["gcs", "azure"]
+STORES = ["s3", "gcs", "azure"]
 
 
 @pytest.fixture(params=STORES)
@@ -42,9 +43,10 @@ def store(request: pytest.FixtureRequest) -> ObjectStore:
 
 
 def _location(uri: str, conn_id: str | None = None) -> Location:
+    """The Location the DAG builds for ``uri``: through ``conn_id``, by default the scheme's default connection."""
     from lightly_airflow.context import location_for
 
-    return location_for(uri, conn_id)
+    return location_for(uri, conn_id or DEFAULT_CONN_IDS[uri.split("://", 1)[0]])
 
 
 def _chain_text(exc: BaseException) -> str:
@@ -171,7 +173,7 @@ def _retry_cases() -> list:
     return [
         pytest.param(name, fault, id=f"{name}-{fault_id}", marks=[pytest.mark.slow] if (name, fault_id) == (
             "azure", "5xx") else [])
-        for name in STORES
+        for name in ("gcs", "azure")  # S3's, under botocore's own retry settings: tests/test_s3_datasource.py
         for fault_id, fault in faults.items()
     ]
 
