@@ -52,9 +52,23 @@ PIPE_BYTES = 2**20
 STREAM_BLOCK_BYTES = 4 * 2**20
 """Ranged-read (read-ahead) size of the parent's file while a child streams a video."""
 CHILD_ENV = frozenset(
-    {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "LD_LIBRARY_PATH", "PYTHONHASHSEED", "PYTHONUTF8", CRASH_HOOK_ENV}
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LD_LIBRARY_PATH",
+        "PYTHONHOME",
+        "PYTHONNOUSERSITE",
+        "PYTHONHASHSEED",
+        "PYTHONUTF8",
+        CRASH_HOOK_ENV,
+    }
 )
 """Environment variables a decoder child inherits (besides ``LC_*``); ``PYTHONPATH`` is set from ``sys.path``."""
+CHILD_THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""The child does no BLAS work: numpy's thread pools stay at one thread (many children on a big worker)."""
 
 
 def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -64,6 +78,7 @@ def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     the child reads nothing but the bytes its parent sends, so it gets none of them.
     """
     env = {name: value for name, value in environ.items() if name in CHILD_ENV or name.startswith("LC_")}
+    env.update(CHILD_THREAD_LIMITS)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     return env
 
@@ -117,6 +132,10 @@ class DecoderProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+        except BaseException:
+            os.close(parent_in)
+            os.close(parent_out)
+            raise
         finally:
             os.close(child_in)
             os.close(child_out)
@@ -128,7 +147,10 @@ class DecoderProcess:
         except (EOFError, OSError):
             ready = False
         if not ready:
+            proc = self._proc
             self.kill()
+            if proc is not None and proc.returncode is not None and proc.returncode != -signal.SIGKILL:
+                raise RuntimeError(f"the video decoder process died while starting ({describe_exit(proc.returncode)})")
             raise RuntimeError(f"the video decoder process did not start within {STARTUP_SECONDS:g}s")
 
     def exit_reason(self) -> str:
@@ -253,22 +275,29 @@ class IsolatedVideoJob:
             "stride": self.request.stride,
             "image_size": self.request.image_size,
         }
+        finished = False
         try:
             for kind, value in _conversation(self._connections, ("decode", spec), f, self._deadline, self._serve):
                 if kind == "info":
                     self.info = value
-                elif kind == "frame":
+                    continue
+                if kind == "frame":
                     yield value
-                elif kind == "end":  # a read failure may also end a stream early: the parent knows why
+                    continue
+                finished = True
+                if kind == "end":  # a read failure may also end a stream early: the parent knows why
                     self.stats, self.error = value, self._read_error
-                    return
                 else:
                     self.error = self._read_error or value
-                    return
+                return
         except (EOFError, BrokenPipeError, ConnectionResetError):
+            finished = True
             self.crashed = True
             self.error = self.process.exit_reason()
             log.error("decoding %s: %s", self.request.key, self.error)
+        finally:
+            if not finished:  # a timeout, or the caller stopped iterating: the child is mid-video
+                self.process.kill()
 
 
 def _serve_plain(f: io.RawIOBase, request: tuple[Any, ...]) -> tuple[str, Any]:
@@ -350,16 +379,19 @@ def dump_isolated(
         "image_size": image_size,
         "buffer_size": buffer_size,
     }
+    finished = False
     try:
         for kind, value in _conversation(process.connections(), ("dump", spec), f, deadline):
             if kind == "dumped":
                 yield value
-            elif kind == "end":
+                continue
+            finished = True
+            if kind == "end":
                 return
-            else:
-                raise VideoOpenError(value)
+            raise VideoOpenError(value)
     except (EOFError, BrokenPipeError, ConnectionResetError):
+        finished = True
         raise VideoOpenError(process.exit_reason()) from None
-    except (DeadlineExceeded, OSError):
-        process.kill()
-        raise
+    finally:
+        if not finished:  # a timeout, a read failure, or the caller stopped listening: the child is mid-video
+            process.kill()

@@ -15,6 +15,7 @@ import logging
 import posixpath
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -71,42 +72,71 @@ def dump_frames(
         for video_key, frames in selected.groupby("video_key", sort=True):
             size = int(info.at[video_key, "size"]) if "size" in info else None
             keyframes = info.at[video_key, "keyframes"] if "keyframes" in info else []
-            keyframes = [] if keyframes is None else [int(k) for k in keyframes]
             key_of = dict(zip(frames["frame_pts"].astype("int64"), frames["key"], strict=True))
-            done = 0
-            deadline = Deadline(timeout)
-            try:
-                with open_counted(
-                    datasource,
-                    str(video_key),
-                    size=size,
-                    counter=counter,
-                    block_size=dump_block_bytes(size),
-                    max_blocks=4,
-                    deadline=deadline,
-                ) as f:
-                    for pts, data in _encoded_frames(
-                        f, str(video_key), sorted(key_of), keyframes, fmt, image_size, process, deadline
-                    ):
-                        done += 1
-                        if data is None:
-                            log.warning("dump: frame %s could not be decoded again; skipped", key_of[pts])
-                            continue
-                        artifacts.write_bytes(output, names[key_of[pts]], data)
-                        written += 1
-                        progress.update()
-            except (VideoOpenError, OSError) as exc:  # DeadlineExceeded included
-                reason = str(exc) if isinstance(exc, VideoOpenError | DeadlineExceeded) else read_failure_reason(exc)
-                log.warning("dump: %s: %s; its %d remaining frame(s) skipped", video_key, reason, len(key_of) - done)
+            video = _VideoDump(
+                key=str(video_key),
+                size=size,
+                targets=sorted(key_of),
+                keyframes=[] if keyframes is None else [int(k) for k in keyframes],
+            )
+            # Writing stays outside the reading: an output that cannot be written fails the task.
+            for pts, data in _dumpable_frames(datasource, video, counter, fmt, image_size, timeout, process):
+                if data is None:
+                    log.warning("dump: frame %s could not be decoded again; skipped", key_of[pts])
+                    continue
+                artifacts.write_bytes(output, names[key_of[pts]], data)
+                written += 1
+                progress.update()
     progress.finish()
     return written
 
 
+@dataclass(frozen=True)
+class _VideoDump:
+    """One video's share of a dump: its key and listed size, the frames' pts and the keyframes' pts."""
+
+    key: str
+    size: int | None
+    targets: list[int]
+    keyframes: list[int]
+
+
+def _dumpable_frames(
+    datasource: Location,
+    video: _VideoDump,
+    counter: ByteCounter,
+    fmt: str,
+    image_size: int | None,
+    timeout: float | None,
+    process: DecoderProcess | None,
+) -> Iterator[tuple[int, bytes | None]]:
+    """(pts, encoded image or None) of ``video``'s targets; a video that cannot be read or decoded within
+    ``timeout`` is logged and ends early (its remaining frames skipped)."""
+    if process is not None:
+        process.connections()  # a fresh child's start-up is not this video's time
+    deadline = Deadline(timeout)
+    done = 0
+    try:
+        with open_counted(
+            datasource,
+            video.key,
+            size=video.size,
+            counter=counter,
+            block_size=dump_block_bytes(video.size),
+            max_blocks=4,
+            deadline=deadline,
+        ) as f:
+            for item in _encoded_frames(f, video, fmt, image_size, process, deadline):
+                done += 1
+                yield item
+    except (VideoOpenError, OSError) as exc:  # DeadlineExceeded included
+        reason = str(exc) if isinstance(exc, VideoOpenError | DeadlineExceeded) else read_failure_reason(exc)
+        log.warning("dump: %s: %s; its %d remaining frame(s) skipped", video.key, reason, len(video.targets) - done)
+
+
 def _encoded_frames(
     f: io.RawIOBase,
-    key: str,
-    targets: list[int],
-    keyframes: list[int],
+    video: _VideoDump,
     fmt: str,
     image_size: int | None,
     process: DecoderProcess | None,
@@ -117,9 +147,9 @@ def _encoded_frames(
         yield from dump_isolated(
             process,
             f,
-            key=key,
-            targets=targets,
-            keyframes=keyframes,
+            key=video.key,
+            targets=video.targets,
+            keyframes=video.keyframes,
             fmt=fmt,
             image_size=image_size,
             buffer_size=DUMP_BUFFER_BYTES,
@@ -128,7 +158,7 @@ def _encoded_frames(
         return
     reader = PyAVReader(f, buffer_size=DUMP_BUFFER_BYTES, threads=False, deadline=deadline)
     try:
-        for pts, rgb in reader.frames_at(targets, keyframes):
+        for pts, rgb in reader.frames_at(video.targets, video.keyframes):
             yield pts, None if rgb is None else encode_frame(rgb, fmt=fmt, image_size=image_size)
     finally:
         reader.close()

@@ -141,6 +141,7 @@ def test_the_child_holds_no_credentials_and_is_the_oom_killers_first_pick(monkey
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"child-must-not-see-this" not in environ
         assert b"LC_ALL=C.UTF-8" in environ.split(b"\0"), "the locale is kept"
+        assert b"OPENBLAS_NUM_THREADS=1" in environ.split(b"\0"), "no BLAS thread pool per child"
         assert int(Path(f"/proc/{pid}/oom_score_adj").read_text()) == OOM_SCORE_ADJ
     finally:
         process.kill()

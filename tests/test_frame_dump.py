@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lightly_tasks import frame_dump
 from lightly_tasks.decoder_child import CRASH_HOOK_ENV
+from lightly_tasks.decoder_process import DecoderProcess, dump_isolated
 from lightly_tasks.demo_videos import write_video
 from lightly_tasks.frame_dump import dump_frames, dump_name
 from lightly_tasks.frame_names import frame_key
+from lightly_tasks.ranged_file import Deadline, open_counted
 from lightly_tasks.storage import ByteCounter, location_from_uri
 from lightly_tasks.video import PyAVReader
 
@@ -131,3 +136,55 @@ def test_a_decoder_crash_or_hang_skips_that_videos_frames_only(
     for i in (7, 60):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"cams/noisy-{i:06d}-mp4.png")), frames[i].rgb)
     assert f"{bad_key}: {reason}; its 2 remaining frame(s) skipped" in caplog.text
+
+
+def test_an_output_that_cannot_be_written_fails_the_dump(
+    video, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write error is not a read error of the video: it is raised, not logged and skipped."""
+    folder, _, frames, videos = video
+
+    def full_disk(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(frame_dump.artifacts, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        dump_frames(
+            location_from_uri(folder.as_uri()),
+            location_from_uri(tmp_path.as_uri()),
+            _selected(frames, [3, 4, 70]),
+            videos,
+            ByteCounter(),
+        )
+
+
+def test_a_child_left_mid_video_is_replaced_before_the_next(video, tmp_path: Path) -> None:
+    """A caller that stops reading a dump midway gets a fresh child for the next video, not the old stream."""
+    folder, path, frames, videos = video
+    location = location_from_uri(folder.as_uri())
+    size = path.stat().st_size
+    keyframes = [int(k) for k in videos.at[0, "keyframes"]]
+    targets = [frames[i].pts for i in (3, 40, 70)]
+    with DecoderProcess() as process:
+        for attempt in range(2):
+            with open_counted(location, "cams/noisy.mp4", size=size, counter=None, block_size=2**16) as f:
+                dumped = dump_isolated(
+                    process,
+                    f,
+                    key="cams/noisy.mp4",
+                    targets=targets,
+                    keyframes=keyframes,
+                    fmt="png",
+                    image_size=None,
+                    buffer_size=2**14,
+                    deadline=Deadline(30),
+                )
+                if attempt == 0:
+                    next(dumped)
+                    dumped.close()  # abandoned with two frames still to come
+                    continue
+                received = list(dumped)
+        assert [pts for pts, _ in received] == targets
+        assert process.starts == 2
+    with Image.open(io.BytesIO(received[1][1])) as image:
+        np.testing.assert_array_equal(np.asarray(image), frames[40].rgb)
