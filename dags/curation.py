@@ -12,6 +12,7 @@ curating waits at ``list``, rescheduled (``lightly_airflow.dataset_lease``).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -20,12 +21,13 @@ from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from lightly_airflow.context import run_context
 from lightly_airflow.dataset_lease import wait_while_busy
-from lightly_airflow.schedule import curation_schedule, default_conf, with_defaults
+from lightly_airflow.schedule import curation_schedule, default_conf, nothing_to_curate, with_defaults
 
 from lightly_tasks import pipeline
 from lightly_tasks.config import ConfigError, param_schemas
 from lightly_tasks.windows import RunWindow
 
+log = logging.getLogger(__name__)
 # Celery queue of the torch stages; docker-compose sets it to "gpu" when a GPU worker runs.
 GPU_QUEUE = os.environ.get("LIGHTLY_GPU_QUEUE", "default")
 # Conf of runs started without one (scheduled, S3 events): $LIGHTLY_CURATION_CONF, validated here.
@@ -54,6 +56,14 @@ def _params() -> dict[str, Param]:
     default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
 )
 def lightly_curation() -> None:
+    @task.short_circuit(task_id="has_datasource", retries=0)
+    def has_datasource(params: dict[str, Any] | None = None, dag_run: Any = None) -> bool:
+        """Skip the whole run when nobody triggered it and no conf names a datasource."""
+        reason = nothing_to_curate(params, dag_run.run_type)
+        if reason:
+            log.warning("skipping the run: %s", reason)
+        return reason is None
+
     @task(task_id="list", retries=0)
     def list_objects(
         params: dict[str, Any] | None = None,
@@ -138,6 +148,7 @@ def lightly_curation() -> None:
         return pipeline.release_stage(ctx)
 
     listing = list_objects()
+    has_datasource() >> listing
     counted = frame_counting()
     decoded = corruptness.expand(listed=listing)
     trained = training(decoded)

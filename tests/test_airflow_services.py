@@ -125,6 +125,31 @@ def test_backfill_create_makes_one_run_per_day_with_its_data_interval(airflow: A
 # ---- slow: a scheduler (and triggerer) in their own temporary AIRFLOW_HOME ----
 
 
+def _task_states(home: AirflowHome, run_id: str) -> dict[str, str]:
+    """State per task of one run, for the tasks that have one (a short-circuited run: the first two)."""
+    import sqlite3
+
+    with sqlite3.connect(home.path / "airflow.db", timeout=30) as db:
+        rows = db.execute(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id IN (?, ?)",
+            (DAG, run_id, "has_datasource", "list"),
+        ).fetchall()
+    return dict(rows)
+
+
+def _task_tries(home: AirflowHome, run_id: str, task_id: str) -> int:
+    """How often a task of a run was rescheduled (Airflow's task_reschedule rows)."""
+    import sqlite3
+
+    with sqlite3.connect(home.path / "airflow.db", timeout=30) as db:
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM task_reschedule tr JOIN task_instance ti ON tr.ti_id = ti.id "
+            "WHERE ti.dag_id = ? AND ti.run_id = ? AND ti.task_id = ?",
+            (DAG, run_id, task_id),
+        ).fetchone()
+    return int(count)
+
+
 def _dag_runs(home: AirflowHome) -> list[dict[str, Any]]:
     """The DAG's runs straight from the home's SQLite metadata DB (no api-server needed)."""
     import sqlite3
@@ -210,7 +235,11 @@ def test_s3_event_starts_a_curation_run(tmp_path, s3) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_scheduler_runs_a_backfill_window_by_window(tmp_path) -> None:
-    """``airflow backfill create`` over three days, executed by a real scheduler (LocalExecutor) and api-server."""
+    """``airflow backfill create`` over three days, executed by a real scheduler (LocalExecutor) and api-server.
+
+    The runs start at once and take turns at the dataset lease (rescheduled while waiting); the daily run that
+    unpausing starts has no LIGHTLY_CURATION_CONF and is skipped, not failed.
+    """
     import os
     from datetime import UTC, datetime, timedelta
 
@@ -236,24 +265,32 @@ def test_scheduler_runs_a_backfill_window_by_window(tmp_path) -> None:
         "embedding": {"image_size": 32},
         "num_shards": 1,
     }
-    home = airflow_home(tmp_path / "home")
+    home = airflow_home(tmp_path / "home", LIGHTLY_LEASE_POLL_SECONDS="5")
     try:
         home.cli("dags", "unpause", DAG)
+        # no --max-active-runs: the three runs start together and wait for each other at the dataset lease
         home.cli(
             "backfill", "create", "--dag-id", DAG, "--from-date", "2026-03-01", "--to-date", "2026-03-03",
-            "--max-active-runs", "1", "--dag-run-conf", json.dumps(conf),
+            "--dag-run-conf", json.dumps(conf),
         )
         home.start_api_server()
         home.start("scheduler")
 
         def finished() -> list[dict[str, Any]] | None:
-            runs = [r for r in _dag_runs(home) if r["run_type"] == "backfill"]
-            if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
+            runs = [r for r in _dag_runs(home) if r["run_type"] in ("backfill", "scheduled")]
+            done = [r for r in runs if r["state"] in ("success", "failed")]
+            if len(done) == 4 and {r["run_type"] for r in done} == {"backfill", "scheduled"}:
                 return runs
             return None
 
-        runs = _wait(finished, 1200, home, "three finished backfill runs")
+        every = _wait(finished, 1200, home, "three finished backfill runs and the daily run")
+        [scheduled] = [r for r in every if r["run_type"] == "scheduled"]
+        assert scheduled["state"] == "success", "unpausing without LIGHTLY_CURATION_CONF: the daily run skips"
+        assert _task_states(home, scheduled["run_id"]) == {"has_datasource": "success", "list": "skipped"}
+        runs = sorted((r for r in every if r["run_type"] == "backfill"), key=lambda r: r["data_interval_start"])
         assert [r["state"] for r in runs] == ["success"] * 3, runs
+        waits = [_task_tries(home, r["run_id"], "list") for r in runs]
+        assert any(tries > 0 for tries in waits), f"no run waited for the lease: {waits}"
         store = DatasetStore(store_url)
         try:
             samples = store.samples("history")

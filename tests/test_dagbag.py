@@ -16,6 +16,7 @@ from lightly_tasks.config import parse_config
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 TASKS = {
+    "has_datasource",
     "list",
     "frame_counting",
     "corruptness",
@@ -78,6 +79,9 @@ def test_curation_tasks_and_mapping(dag) -> None:
         "metadata",
     }
     assert "list" in dag.get_task("corruptness").upstream_task_ids
+    check = dag.get_task("has_datasource")  # skips the whole run, trigger rules aside, when nothing is set
+    assert check.downstream_task_ids == {"list"} and not check.upstream_task_ids
+    assert type(check).__name__ == "_ShortCircuitDecoratedOperator"
     assert "corruptness" in dag.get_task("embedding").get_flat_relative_ids(upstream=True)
     assert dag.get_task("selection").get_flat_relative_ids(upstream=True) >= {
         "list",

@@ -8,6 +8,9 @@
 * ``LIGHTLY_CURATION_CONF`` (a JSON conf) is what runs started without a conf use (scheduled and S3-event
   runs), and prefills the trigger form. It is validated when the DAG file is parsed, so a bad one shows as a
   DAG import error naming the key.
+* Without it, a run that nobody triggered (the daily schedule, a backfill or an event without a conf) has no
+  datasource: :func:`nothing_to_curate` says so and the DAG skips the run instead of failing it every day
+  once the DAG is unpaused for manual runs.
 """
 
 from __future__ import annotations
@@ -87,3 +90,25 @@ def curation_schedule(conf: Mapping[str, Any]) -> Any:
         return timetable
     return AssetOrTimeSchedule(timetable=timetable, assets=asset)
 
+
+
+UNATTENDED_RUN_TYPES = frozenset({"scheduled", "backfill", "asset_triggered"})
+"""Run types that no person started with a conf of their own (Airflow's ``DagRunType`` values)."""
+
+
+def nothing_to_curate(params: Mapping[str, Any], run_type: Any) -> str | None:
+    """Why a run has nothing to curate, or None when it should go on.
+
+    An unattended run (:data:`UNATTENDED_RUN_TYPES`) whose params name no datasource has nothing to do: the
+    schedule fired, but ``LIGHTLY_CURATION_CONF`` is unset. A manual run without a datasource goes on, so that
+    ``list`` fails with the configuration error the person who triggered it needs to see.
+    """
+    kind = str(getattr(run_type, "value", run_type))  # the task SDK's DagRunType enum or its value
+    datasource = params.get("datasource") or {}
+    uri = datasource.get("uri") if isinstance(datasource, Mapping) else None
+    if uri or kind not in UNATTENDED_RUN_TYPES:
+        return None
+    return (
+        f"a {kind} run without a datasource: {CONF_ENV} is unset, so runs nobody triggered have nothing to "
+        f"curate. Set {CONF_ENV}, pass a conf (airflow backfill create --dag-run-conf ...), or pause the DAG"
+    )
