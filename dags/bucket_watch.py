@@ -13,13 +13,15 @@ from __future__ import annotations
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
+from lightly_airflow.schedule import default_conf
 from lightly_airflow.sensors.bucket_watch import BucketWatchSensor, release_claim_callback
 
 from lightly_tasks.config import ConfigError
 from lightly_tasks.watch_config import WATCH_CONFIG_ENV, load_watch_file
 
 CURATION_DAG_ID = "lightly_curation"
-WATCHES = load_watch_file()
+# what a triggered run's Params fill in from LIGHTLY_CURATION_CONF fills each watch's conf the same way
+WATCHES = load_watch_file(defaults=default_conf())
 
 
 @dag(
@@ -65,6 +67,7 @@ def lightly_bucket_watch() -> None:
             trigger_run_id="{{ " + claimed + "['run_id'] }}",
             logical_date="{{ " + claimed + "['logical_date'] }}",
             wait_for_completion=False,
+            skip_when_already_exists=True,  # a retry after the run was created must not release its claim
             openlineage_inject_parent_info=False,
             on_failure_callback=release_claim_callback(watch.conf, sensor_id),
         )

@@ -983,6 +983,29 @@ def _check_strategies(cfg: RunConfig) -> None:
                 raise ConfigError(f"{where}.strategy.{key}: only applies to {owner}, not {strat.type}")
 
 
+def conf_strings(value: Any, key: str = "") -> list[tuple[str, str]]:
+    """(dotted key, string) of every string inside a JSON-like conf, e.g. ``("datasource.uri", "s3://b/raw")``."""
+    if isinstance(value, Mapping):
+        return [pair for k, v in value.items() for pair in conf_strings(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(value, list):
+        return [pair for i, v in enumerate(value) for pair in conf_strings(v, f"{key}[{i}]")]
+    return [(key, value)] if isinstance(value, str) else []
+
+
+def merge_conf(base: Mapping[str, Any], conf: Mapping[str, Any]) -> dict[str, Any]:
+    """``conf`` over ``base``: object-valued keys (datasource, stopping_condition, ...) merge key by key.
+
+    The way a run's Params fill what its conf leaves out, so a conf that sets only ``datasource.uri`` keeps
+    the base's other datasource settings.
+    """
+    merged = dict(base)
+    for key, value in conf.items():
+        if isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
+            value = {**merged[key], **value}
+        merged[key] = value
+    return merged
+
+
 def parse_dataclass(cls: type, conf: Any, *, prefix: str) -> Any:
     """An instance of the config dataclass ``cls`` from the mapping ``conf``, validated field by field.
 

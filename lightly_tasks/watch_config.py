@@ -26,7 +26,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from lightly_tasks.config import ConfigError, RunConfig, form_option, lightly_home, parse_config, parse_dataclass
+from lightly_tasks.config import (
+    ConfigError,
+    RunConfig,
+    conf_strings,
+    form_option,
+    lightly_home,
+    merge_conf,
+    parse_config,
+    parse_dataclass,
+)
 
 WATCH_CONFIG_ENV = "LIGHTLY_WATCH_CONFIG"
 DEFAULT_SCHEDULE = "*/5 * * * *"
@@ -88,12 +97,13 @@ class WatchSettings:
         ),
     )
     claim_seconds: float = field(
-        default=3600.0,
+        default=12 * 3600.0,
         metadata=form_option(
             "Claim time",
             "When the watch fires it leases the dataset for the curation run it triggers, for this long; the "
-            "run renews the lease when it starts. A run that never starts (e.g. lightly_curation paused) "
-            "blocks the dataset's watch until then.",
+            "run renews the lease when it starts. Long enough for the run to wait its turn behind other "
+            "curations; a run that never starts (e.g. lightly_curation paused) blocks the dataset's watch "
+            "until then.",
             exclusive_minimum=0.0,
         ),
     )
@@ -120,8 +130,13 @@ class WatchFile:
     watches: tuple[Watch, ...] = ()
 
 
-def parse_watch(entry: Any, *, prefix: str = "") -> Watch:
-    """Validate one watch entry (settings plus ``conf``); raises :class:`ConfigError` naming the key."""
+def parse_watch(entry: Any, *, prefix: str = "", defaults: Mapping[str, Any] | None = None) -> Watch:
+    """Validate one watch entry (settings plus ``conf``); raises :class:`ConfigError` naming the key.
+
+    ``defaults`` is the conf that fills what the entry's conf leaves out (``LIGHTLY_CURATION_CONF``, which
+    fills a triggered run's Params too): the watch's conf is the merged one, so the watch, its claim and the
+    run it triggers read the same store and list the same objects.
+    """
     where = prefix.rstrip(".") or "watch"
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected an object, got {type(entry).__name__}")
@@ -131,6 +146,14 @@ def parse_watch(entry: Any, *, prefix: str = "") -> Watch:
     if not isinstance(conf, Mapping):
         raise ConfigError(f"{prefix}conf: expected an object, got {type(conf).__name__}")
     settings = parse_dataclass(WatchSettings, {k: v for k, v in entry.items() if k != "conf"}, prefix=prefix)
+    templated = next((key for key, value in conf_strings(conf) if "{{" in value), None)
+    if templated:
+        raise ConfigError(
+            f"{prefix}conf.{templated}: a watch's conf cannot hold templates (the triggered run would render "
+            "them with the whole Airflow context, and the watch would not)"
+        )
+    own_store_url = conf.get("store_url")
+    conf = merge_conf(defaults or {}, conf)
     try:
         config = parse_config(conf)
     except ConfigError as exc:
@@ -140,13 +163,16 @@ def parse_watch(entry: Any, *, prefix: str = "") -> Watch:
             f"{prefix}conf.datasource.process_all: a watch curates new objects; process_all would reprocess "
             "the whole datasource on every trigger"
         )
-    if "{{" in config.datasource.uri:
-        raise ConfigError(f"{prefix}conf.datasource.uri: a watched datasource cannot be templated")
+    if config.datasource.window != "none":
+        raise ConfigError(
+            f"{prefix}conf.datasource.window: a watch curates what just landed, but a triggered run's data "
+            "interval is the previous schedule interval; leave window at 'none'"
+        )
     try:
         password = sa.make_url(config.store_url).password
     except sa.exc.ArgumentError:
         raise ConfigError(f"{prefix}conf.store_url: is not a valid SQLAlchemy URL") from None
-    if password and conf.get("store_url"):
+    if password and own_store_url:
         raise ConfigError(
             f"{prefix}conf.store_url: holds a password, which would be stored in trigger arguments and run "
             "confs; leave it empty and set LIGHTLY_STORE_URL on the workers and the triggerer"
@@ -154,8 +180,8 @@ def parse_watch(entry: Any, *, prefix: str = "") -> Watch:
     return Watch(settings=settings, conf=json.loads(json.dumps(dict(conf))), config=config)
 
 
-def parse_watch_file(data: Any) -> WatchFile:
-    """Validate a whole watch file's JSON; raises :class:`ConfigError` naming the key."""
+def parse_watch_file(data: Any, *, defaults: Mapping[str, Any] | None = None) -> WatchFile:
+    """Validate a whole watch file's JSON (``defaults``: see :func:`parse_watch`); raises :class:`ConfigError`."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"watch file: expected an object, got {type(data).__name__}")
     unknown = sorted(set(data) - {"schedule", "watches"})
@@ -167,7 +193,9 @@ def parse_watch_file(data: Any) -> WatchFile:
     entries = data.get("watches", [])
     if not isinstance(entries, list):
         raise ConfigError(f"watches: expected a list, got {type(entries).__name__}")
-    watches = tuple(parse_watch(entry, prefix=f"watches[{i}].") for i, entry in enumerate(entries))
+    watches = tuple(
+        parse_watch(entry, prefix=f"watches[{i}].", defaults=defaults) for i, entry in enumerate(entries)
+    )
     names: dict[str, int] = {}
     sources: dict[tuple[str, str], int] = {}
     for i, watch in enumerate(watches):
@@ -194,8 +222,10 @@ def watch_file_path() -> Path | None:
     return default if default.is_file() else None
 
 
-def load_watch_file(path: Path | None = None) -> WatchFile:
+def load_watch_file(path: Path | None = None, *, defaults: Mapping[str, Any] | None = None) -> WatchFile:
     """Read and validate the watch file (see :func:`watch_file_path`); no file configured: no watches.
+
+    ``defaults``: the conf that fills what each watch's conf leaves out (see :func:`parse_watch`).
 
     Raises :class:`ConfigError` naming the file and the key for a missing file, bad JSON or a bad entry.
     """
@@ -209,6 +239,6 @@ def load_watch_file(path: Path | None = None) -> WatchFile:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"watch file {path}: not valid JSON: {exc}") from None
     try:
-        return parse_watch_file(data)
+        return parse_watch_file(data, defaults=defaults)
     except ConfigError as exc:
         raise ConfigError(f"watch file {path}: {exc}") from None

@@ -79,10 +79,52 @@ def template_problem(uri: str) -> str | None:
     if not (parts.path.strip("/") if parts.scheme == "file" else parts.netloc):
         return "a prefix template must come after the bucket or folder, e.g. s3://bucket/raw/{{ ds_nodash }}/"
     try:
-        _ENV.parse(template)
+        parsed = _ENV.parse(template)
     except jinja2.TemplateSyntaxError as exc:
         return f"prefix template {template!r} is not valid Jinja: {exc.message}"
+    unsafe = next((node for node in parsed.find_all(jinja2.nodes.Node) if not _allowed(node)), None)
+    if unsafe is not None:
+        return (
+            f"prefix template {template!r}: {type(unsafe).__name__} is not allowed; use the variables "
+            f"({', '.join(TEMPLATE_VARIABLES)}), their .strftime('...'), slices and the filters "
+            f"{', '.join(sorted(SAFE_FILTERS))}"
+        )
     return None
+
+
+SAFE_FILTERS = frozenset({"lower", "upper", "trim", "string"})
+"""Filters a prefix template may use (no longer output than input; ``replace`` could multiply it)."""
+_SAFE_NODES = (
+    jinja2.nodes.Template,
+    jinja2.nodes.Output,
+    jinja2.nodes.TemplateData,
+    jinja2.nodes.Name,
+    jinja2.nodes.Const,
+    jinja2.nodes.Getattr,
+    jinja2.nodes.Getitem,
+    jinja2.nodes.Slice,
+    jinja2.nodes.Concat,
+)
+
+
+def _allowed(node: jinja2.nodes.Node) -> bool:
+    """Whether a template node is one whose output stays small: no arithmetic, loops or arbitrary calls.
+
+    The sandbox stops unsafe attribute access, not ``{{ 'a' * 10**11 }}``, which would exhaust the worker.
+    """
+    if isinstance(node, jinja2.nodes.Filter):
+        return node.name in SAFE_FILTERS
+    if isinstance(node, jinja2.nodes.Call):
+        return (
+            isinstance(node.node, jinja2.nodes.Getattr)
+            and node.node.attr in ("strftime", "isoformat")
+            and not node.kwargs
+            and node.dyn_args is None
+            and node.dyn_kwargs is None
+        )
+    if isinstance(node, jinja2.nodes.Getattr):
+        return not node.attr.startswith("_")
+    return isinstance(node, _SAFE_NODES)
 
 
 def render_prefix(template: str, window: RunWindow) -> str:

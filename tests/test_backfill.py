@@ -167,6 +167,10 @@ def test_config_rejects_misplaced_or_broken_templates():
     for uri, message in [
         ("s3://{{ ds }}/raw", "must come after the bucket"),
         ("s3://b/{{ ds ", "not valid Jinja"),
+        ("s3://b/raw/{{ 'a' * 10**11 }}/", "Mul is not allowed"),  # would render 100 GB in the worker
+        ("s3://b/raw/{{ ds | replace('', ds) | replace('', ds) }}/", "Filter is not allowed"),
+        ("s3://b/raw/{{ lipsum(10) }}/", "Call is not allowed"),
+        ("s3://b/raw/{{ ds.__class__ }}/", "Getattr is not allowed"),
     ]:
         with pytest.raises(ConfigError, match=f"datasource.uri: .*{message}"):
             parse_config({**base, "datasource": {"uri": uri}})
@@ -174,6 +178,8 @@ def test_config_rejects_misplaced_or_broken_templates():
         parse_config({**base, "datasource": {"uri": "s3://b/p", "window": "daily"}})
     parsed = parse_config({**base, "datasource": {"uri": "s3://b/raw/{{ ds_nodash }}/", "window": "data_interval"}})
     assert parsed.datasource.window == "data_interval"
+    for fine in ("{{ data_interval_start.strftime('%Y/%m/%d') }}", "{{ ds_nodash[:6] }}/{{ ds | upper }}"):
+        assert parse_config({**base, "datasource": {"uri": f"s3://b/raw/{fine}/"}}).datasource.uri.endswith("/")
 
 
 def test_data_interval_mode_without_an_interval_is_a_clear_error(tmp_path):

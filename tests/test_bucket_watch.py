@@ -186,6 +186,18 @@ def test_watch_file_defaults_and_names() -> None:
             "watches[1].conf: dataset 'street' already watches s3://bucket/raw",
         ),
         ({"watches": [{"name": "a b", "conf": _conf()}]}, "watches[0].name: must be"),
+        (
+            {"watches": [{"conf": _conf(datasource={"uri": "s3://b/raw", "window": "data_interval"})}]},
+            "watches[0].conf.datasource.window: a watch curates what just landed",
+        ),
+        (
+            {"watches": [{"conf": _conf(datasource={"uri": "s3://b/raw/{{ ds_nodash }}/"})}]},
+            "watches[0].conf.datasource.uri: a watch's conf cannot hold templates",
+        ),
+        (
+            {"watches": [{"conf": _conf(selection_config={"strategies": [{"input": {"tag_name": "{{ conn }}"}}]})}]},
+            "watches[0].conf.selection_config.strategies[0].input.tag_name: a watch's conf cannot hold templates",
+        ),
     ],
 )
 def test_bad_watch_files_are_named(data: object, message: str) -> None:
@@ -193,6 +205,22 @@ def test_bad_watch_files_are_named(data: object, message: str) -> None:
         parse_watch_file(data)
     assert message in str(raised.value)
     assert "hunter2" not in str(raised.value)
+
+
+def test_a_watch_conf_is_filled_from_the_curation_defaults_as_its_runs_are() -> None:
+    """LIGHTLY_CURATION_CONF fills a triggered run's Params; the watch (and its claim) read the same store."""
+    defaults = {
+        "store_url": "sqlite:////data/team-store.db",
+        "input_type": "videos",
+        "datasource": {"uri": "s3://default/raw", "conn_id": "team_s3"},
+        "stopping_condition": {"n_samples": 50},
+    }
+    parsed = parse_watch_file({"watches": [{"conf": _conf()}]}, defaults=defaults)
+    [watch] = parsed.watches
+    assert watch.config.store_url == "sqlite:////data/team-store.db" and watch.config.input_type == "videos"
+    assert watch.config.datasource.uri == "s3://bucket/raw" and watch.config.datasource.conn_id == "team_s3"
+    assert watch.conf["stopping_condition"] == {"n_samples": 50}, "the conf the run is triggered with"
+    assert watch.conf["datasource"] == {"uri": "s3://bucket/raw", "conn_id": "team_s3"}
 
 
 def test_watch_file_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
 
 from lightly_airflow.s3_events import s3_events_asset
-from lightly_tasks.config import parse_config, redact_uri
+from lightly_tasks.config import conf_strings, merge_conf, parse_config, redact_uri
 
 SCHEDULE_ENV = "LIGHTLY_CURATION_SCHEDULE"
 CONF_ENV = "LIGHTLY_CURATION_CONF"
@@ -48,7 +48,7 @@ def default_conf() -> dict[str, Any]:
         parse_config(conf)
     except ValueError as exc:
         raise ValueError(f"{CONF_ENV}: {exc}") from exc
-    for key, value in _strings(conf, ""):
+    for key, value in conf_strings(conf):
         if redact_uri(value) != value:
             raise ValueError(
                 f"{CONF_ENV}: {key} holds a credential; it would show in the trigger form and every run's conf. "
@@ -57,28 +57,14 @@ def default_conf() -> dict[str, Any]:
     return conf
 
 
-def _strings(value: Any, key: str) -> list[tuple[str, str]]:
-    if isinstance(value, Mapping):
-        return [pair for k, v in value.items() for pair in _strings(v, f"{key}.{k}" if key else str(k))]
-    return [(key, value)] if isinstance(value, str) else []
-
-
 def with_defaults(schemas: Mapping[str, dict[str, Any]], conf: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``schemas`` (param name -> JSON schema with ``default``) with the defaults overridden by ``conf``.
 
     Object-valued params (datasource, stopping_condition, ...) are merged key by key, so a conf that sets
-    ``datasource.uri`` keeps the other datasource defaults.
+    ``datasource.uri`` keeps the other datasource defaults (:func:`~lightly_tasks.config.merge_conf`).
     """
-    merged = {}
-    for name, schema in schemas.items():
-        schema = dict(schema)
-        if name in conf:
-            value = conf[name]
-            if isinstance(schema.get("default"), dict) and isinstance(value, Mapping):
-                value = {**schema["default"], **value}
-            schema["default"] = value
-        merged[name] = schema
-    return merged
+    defaults = merge_conf({name: schema["default"] for name, schema in schemas.items()}, conf)
+    return {name: {**schema, "default": defaults[name]} for name, schema in schemas.items()}
 
 
 def curation_schedule(conf: Mapping[str, Any]) -> Any:

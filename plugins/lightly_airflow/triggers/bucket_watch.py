@@ -89,10 +89,13 @@ class BucketWatchTrigger(BaseTrigger):
                 observation = await asyncio.to_thread(
                     observe, location, store, dataset=dataset, extensions=extensions
                 )
-                decision = state.update(observation, time.monotonic())
+                # fingerprinting a large listing takes seconds: off the triggerer's event loop, like the listing
+                decision = await asyncio.to_thread(state.update, observation, time.monotonic())
                 self.log.info("watching %s for dataset %s: %s", location.uri, dataset, decision.reason)
                 if decision.ready:
-                    event = manifest(observation, dataset=dataset, datasource=datapool_id(location))
+                    event = await asyncio.to_thread(
+                        manifest, observation, dataset=dataset, datasource=datapool_id(location)
+                    )
                     yield TriggerEvent({"status": EVENT_NEW_OBJECTS, **event})
                     return
                 remaining = (deadline - datetime.now(UTC)).total_seconds()
