@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,26 +115,45 @@ def rebatch(parts: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray
 
 
 def prefetch(items: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
-    """Iterate ``items`` on a background thread, ``depth`` ahead, so loading overlaps inference."""
+    """Iterate ``items`` on a background thread, ``depth`` ahead, so loading overlaps inference.
+
+    When the consumer stops early (an exception, or it closes this generator), the producer stops too and
+    drops what it holds, instead of blocking forever on a full queue.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                q.put(item)
+                if not put(item):
+                    return
         except BaseException as exc:  # re-raised in the consumer
-            q.put(exc)
-        q.put(done)
+            put(exc)
+            return
+        put(done)
 
     threading.Thread(target=produce, daemon=True, name="cache-prefetch").start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 @torch.inference_mode()
@@ -167,6 +187,8 @@ def embed(
         progress.update(len(batch))
     progress.finish()
     if not outputs:
+        if total:
+            raise RuntimeError(f"embedded 0 images, expected {total}")
         return np.zeros((0, 0), dtype=np.float32)
     result = np.concatenate(outputs).astype(np.float32, copy=False)
     if len(result) != total:

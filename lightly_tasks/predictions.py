@@ -114,6 +114,14 @@ def sample_file(key: str) -> str:
     return posixpath.splitext(safe_key(key))[0] + ".json"
 
 
+def _sample_file_or_none(file_name: str) -> str | None:
+    """:func:`sample_file` of a file name, None for one no sample key could have (it leaves the root)."""
+    try:
+        return sample_file(file_name)
+    except ValueError:
+        return None
+
+
 def prediction_relpath(task_name: str, key: str) -> str:
     """Path of a sample's prediction file below the location: ``.lightly/predictions/<task>/<stem>.json``."""
     return f"{PREDICTIONS_DIR}/{task_name}/{sample_file(key)}"
@@ -169,7 +177,7 @@ def parse_prediction_file(obj: Any, schema: PredictionSchema, *, where: str, rel
     file_name = obj.get("file_name")
     if not isinstance(file_name, str) or not file_name:
         raise PredictionFormatError(f"{where}: file_name must be the sample's path from the datasource root")
-    if relpath is not None and posixpath.splitext(file_name)[0] + ".json" != relpath:
+    if relpath is not None and _sample_file_or_none(file_name) != relpath:
         raise PredictionFormatError(
             f"{where}: file_name {file_name!r} does not match the file's path {relpath!r} "
             "(a sample's predictions go to <its path without extension>.json)"

@@ -41,6 +41,11 @@ _SKETCH_MIN_D = 24
 _SKETCH_SAMPLE = 8192
 
 
+def proportion_count(proportion: float, n: int) -> int:
+    """``ceil(proportion * n)``, rounded to 6 decimals first, and at least 1 of n > 0 candidates."""
+    return max(1 if n > 0 else 0, math.ceil(round(proportion * n, 6)))
+
+
 @dataclass(frozen=True)
 class StoppingCondition:
     """When to stop picking; the first condition met wins, and at least one must be set.
@@ -66,7 +71,7 @@ class StoppingCondition:
         if self.proportion_samples is not None:
             if not 0 < self.proportion_samples <= 1:
                 raise ValueError(f"proportion_samples must be in (0, 1], got {self.proportion_samples}")
-            limits.append((math.ceil(round(self.proportion_samples * n, 6)), "proportion_samples"))
+            limits.append((proportion_count(self.proportion_samples, n), "proportion_samples"))
         if self.min_distance is not None and not self.min_distance >= 0:
             raise ValueError(f"min_distance must be >= 0, got {self.min_distance}")
         return limits

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lightly_tasks.selection import Selection, StoppingCondition, kcenter_greedy
+from lightly_tasks.selection import Selection, StoppingCondition, kcenter_greedy, proportion_count
 
 
 def sequence_ids(frames: pd.DataFrame, length: int) -> np.ndarray:
@@ -74,7 +74,7 @@ def select_sequences(
     if stop.n_samples is not None:
         limits.append((stop.n_samples // length, "n_samples"))
     if stop.proportion_samples is not None:
-        frames_wanted = math.ceil(round(stop.proportion_samples * len(candidate_keys), 6))
+        frames_wanted = proportion_count(stop.proportion_samples, len(candidate_keys))
         limits.append((math.ceil(frames_wanted / length), "proportion_samples"))
     limit, limit_name = min(limits) if limits else (None, None)
     picked = kcenter_greedy(

@@ -148,7 +148,8 @@ class SimCLR(nn.Module):
         """Views (B, 3, s, s) -> scalar loss; both views go through the model as one (2B) batch."""
         z = self.projection(self.backbone(torch.cat([view_a, view_b])).flatten(1)).float()
         z_a, z_b = z.chunk(2)
-        return self.criterion(z_a, z_b)
+        with torch.autocast(z.device.type, enabled=False):  # the loss's similarities in float32, under AMP too
+            return self.criterion(z_a, z_b)
 
 
 class _CenterTapConv2d(nn.Conv2d):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 
 from lightly_tasks.decoding import thumbnail
 from lightly_tasks.demo_data import source_image
-from lightly_tasks.embedding import CheckpointError, build_model, embed
+from lightly_tasks.embedding import CheckpointError, build_model, embed, prefetch
 
 torch.set_num_threads(2)
 SIZE = 32
@@ -102,6 +103,25 @@ def test_no_images_give_an_empty_result(model) -> None:
 def test_wrong_total_is_an_error(model, images) -> None:
     with pytest.raises(RuntimeError, match="expected 8"):
         embed(model, [images], total=8, device=DEVICE)
+    with pytest.raises(RuntimeError, match="embedded 0 images, expected 5"):
+        embed(model, [], total=5, device=DEVICE)
+
+
+def test_prefetch_stops_its_producer_when_the_consumer_stops() -> None:
+    produced: list[int] = []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            yield np.zeros((1,), np.uint8)
+
+    stream = prefetch(endless(), depth=2)
+    next(stream)
+    stream.close()  # e.g. the model raised on the first batch
+    time.sleep(0.5)
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == count < 10, "the producer stopped, holding at most the queue's depth"
 
 
 def test_a_failing_cache_reader_propagates(model, images) -> None:

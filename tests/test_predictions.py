@@ -66,6 +66,16 @@ def test_round_trip_in_lightly_layout(tmp_path: Path) -> None:
     assert list_tasks(location) == ["boxes", "weather"]
 
 
+def test_keys_that_normalise_round_trip(tmp_path: Path) -> None:
+    """A key with '//' or './' (valid on S3) is stored under its normalised path and still reads back."""
+    location = location_from_uri(tmp_path.as_uri())
+    write_task(location, "boxes", DETECTION)
+    odd = {"dir//img.png": BOXES["a.png"], "./top.png": []}
+    write_predictions(location, "boxes", odd)
+    _, loaded = load_predictions(location, "boxes")
+    assert loaded == odd
+
+
 def test_load_only_the_asked_keys(tmp_path: Path) -> None:
     location = location_from_uri(tmp_path.as_uri())
     _write_both(location)

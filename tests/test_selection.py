@@ -131,7 +131,9 @@ def test_n_samples_above_n_selects_everything() -> None:
     assert_brute_force(x, sel)
 
 
-@pytest.mark.parametrize(("n", "p", "expected"), [(10, 0.3, 3), (10, 0.25, 3), (1000, 0.001, 1), (7, 1.0, 7)])
+@pytest.mark.parametrize(
+    ("n", "p", "expected"), [(10, 0.3, 3), (10, 0.25, 3), (1000, 0.001, 1), (7, 1.0, 7), (3, 1e-7, 1)]
+)
 def test_proportion_rounds_up(n: int, p: float, expected: int) -> None:
     x = np.random.default_rng(n).random((n, 4), np.float32)
     sel = kcenter_greedy(x, stop=StoppingCondition(proportion_samples=p))
