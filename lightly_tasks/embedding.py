@@ -37,9 +37,15 @@ def default_device() -> torch.device:
 
 
 def _strip_head(model: nn.Module) -> nn.Module:
-    """Replace the classification head by identity so the model outputs its pooled features."""
+    """Replace the classification head by identity so the model outputs its pooled features.
+
+    ConvNeXt's classifier starts with the LayerNorm that normalises its pooled features: only its final
+    Linear goes (features stay 768-d, and a checkpoint's ``classifier.0`` weights are loaded, not dropped).
+    """
     if hasattr(model, "fc"):
         model.fc = nn.Identity()
+    elif isinstance(model, torchvision.models.ConvNeXt):
+        model.classifier[-1] = nn.Identity()
     elif hasattr(model, "classifier"):
         model.classifier = nn.Flatten()
     else:  # pragma: no cover - every architecture in config.EMBEDDING_MODELS has one of the two

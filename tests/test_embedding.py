@@ -181,3 +181,20 @@ def test_unreadable_checkpoint_is_refused(data: bytes) -> None:
 def test_checkpoint_that_is_not_a_dict_is_refused() -> None:
     with pytest.raises(CheckpointError, match="not a state_dict"):
         build_model("resnet18", _checkpoint([torch.zeros(3)]))
+
+
+def test_convnext_keeps_the_layer_norm_of_its_pooled_features() -> None:
+    """ConvNeXt's classifier is LayerNorm2d, Flatten, Linear: only the Linear is a head."""
+    full = torchvision.models.convnext_tiny(weights=None).eval()
+    with torch.no_grad():
+        full.classifier[0].weight.fill_(2.0)
+        full.classifier[0].bias.fill_(0.5)
+    buffer = io.BytesIO()
+    torch.save(full.state_dict(), buffer)
+    model = build_model("convnext_tiny", buffer.getvalue())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = full.classifier[1](full.classifier[0](full.avgpool(full.features(x))))
+        got = model(x)
+    assert got.shape == (2, 768)
+    torch.testing.assert_close(got, expected)
