@@ -276,17 +276,29 @@ class _Search:
             batch = batch[: len(batch) // 2]
 
     def _neighbourhoods(self, homes: np.ndarray, neighbours: int) -> dict[int, np.ndarray]:
-        """The ``neighbours`` centres nearest to each home centre (itself first), by centre number."""
+        """The ``neighbours`` centres nearest to each home centre (itself first), by centre number.
+
+        Homes go in blocks of at most ``_BLOCK_FLOATS`` distances, so memory stays O(block) however many
+        centres (picks plus existing samples) there are, not O(homes x centres).
+        """
         sq_c = np.einsum("ij,ij->i", self.centres, self.centres)
-        d2 = self.centres[homes] @ self.centres.T
-        d2 *= -2
-        d2 += sq_c[homes][:, None]
-        d2 += sq_c
-        d2[np.arange(len(homes)), homes] = -np.inf
         kk = min(neighbours, len(self.centres))
-        top = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < len(self.centres) else np.argsort(d2, axis=1)
-        top = np.take_along_axis(top, np.argsort(np.take_along_axis(d2, top, 1), axis=1, kind="stable"), 1)
-        return {int(h): row for h, row in zip(homes, top, strict=True)}
+        step = max(1, _BLOCK_FLOATS // max(1, len(self.centres)))
+        near: dict[int, np.ndarray] = {}
+        for start in range(0, len(homes), step):
+            block = homes[start : start + step]
+            d2 = self.centres[block] @ self.centres.T
+            d2 *= -2
+            d2 += sq_c[block][:, None]
+            d2 += sq_c
+            d2[np.arange(len(block)), block] = -np.inf
+            if kk < len(self.centres):
+                top = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
+            else:
+                top = np.argsort(d2, axis=1)
+            top = np.take_along_axis(top, np.argsort(np.take_along_axis(d2, top, 1), axis=1, kind="stable"), 1)
+            near.update((int(h), row) for h, row in zip(block, top, strict=True))
+        return near
 
     def _apply(self, batch: list[tuple[int, int]]) -> None:
         picks = np.array([p for p, _ in batch], np.int64)

@@ -112,3 +112,25 @@ def test_edge_cases_and_bad_arguments() -> None:
         representative_greedy(x, n_samples=3, radius_slack=-0.1)
     with pytest.raises(ValueError, match="existing"):
         representative_greedy(x, n_samples=3, existing=np.zeros((2, 5), np.float32))
+
+
+def test_neighbourhoods_in_small_blocks_give_the_same_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded with many centres: the neighbourhood search goes block by block, same result."""
+    from lightly_tasks import representative
+
+    x = np.random.default_rng(7).standard_normal((400, 8)).astype(np.float32)
+    existing = np.random.default_rng(8).standard_normal((150, 8)).astype(np.float32)
+    whole = representative_greedy(x, n_samples=60, existing=existing)
+    search = representative._Search._neighbourhoods
+    blocks: list[int] = []
+
+    def in_small_blocks(self, homes, neighbours):  # only the neighbourhood search runs with tiny blocks
+        with monkeypatch.context() as patch:
+            patch.setattr(representative, "_BLOCK_FLOATS", 1000)  # one home per block with 210 centres
+            blocks.append(len(homes))
+            return search(self, homes, neighbours)
+
+    monkeypatch.setattr(representative._Search, "_neighbourhoods", in_small_blocks)
+    blocked = representative_greedy(x, n_samples=60, existing=existing)
+    assert blocks and max(blocks) > 1, "several homes were searched, each block holding fewer"
+    np.testing.assert_array_equal(blocked.indices, whole.indices)
