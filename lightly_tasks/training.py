@@ -305,23 +305,27 @@ def train(
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
         progress = Progress(f"training epoch {epoch + 1}/{settings.epochs}", n_images, unit="images")
         batch_losses: list[torch.Tensor] = []
-        for i, batch in enumerate(shuffled_batches(parts, settings.batch_size, rng)):
-            step = epoch * n_steps + i
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, settings.lr)
-            images = torch.from_numpy(batch).to(device, non_blocking=True)
-            view_a, view_b = (
-                random_views(images, settings.image_size, generator).contiguous(memory_format=CHANNELS_LAST)
-                for _ in range(2)
-            )
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = method.loss(view_a, view_b)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            batch_losses.append(loss.detach())
-            progress.update(len(batch))
+        # Layers that draw from the global RNG in train mode (stochastic depth of EfficientNet and ConvNeXt,
+        # dropout) get a per-epoch seed too, so a resumed run trains exactly as an uninterrupted one.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(settings.seed * 1_000_003 + epoch)
+            for i, batch in enumerate(shuffled_batches(parts, settings.batch_size, rng)):
+                step = epoch * n_steps + i
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, total_steps, settings.lr)
+                images = torch.from_numpy(batch).to(device, non_blocking=True)
+                view_a, view_b = (
+                    random_views(images, settings.image_size, generator).contiguous(memory_format=CHANNELS_LAST)
+                    for _ in range(2)
+                )
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss = method.loss(view_a, view_b)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                batch_losses.append(loss.detach())
+                progress.update(len(batch))
         epoch_loss = float(torch.stack(batch_losses).mean())
         if not math.isfinite(epoch_loss):
             raise TrainingError(f"loss is {epoch_loss} in epoch {epoch + 1}: lower training.lr")

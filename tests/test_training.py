@@ -196,11 +196,23 @@ def test_trained_model_beats_random_init_on_digits(tmp_path: Path) -> None:
     try:
         random_init = accuracy(build_model("resnet18"))
         settings = TrainingSettings(epochs=10, batch_size=64, lr=3e-4, image_size=16)
-        result = train(
-            settings, _parts(images, 128), location_from_uri(tmp_path.as_uri()), device=torch.device("cpu")
-        )
+        result = train(settings, _parts(images, 128), location_from_uri(tmp_path.as_uri()), device=torch.device("cpu"))
         trained = accuracy(build_model("resnet18", (tmp_path / BACKBONE).read_bytes()))
     finally:
         torch.set_num_threads(threads)
     assert result.loss_per_epoch[-1] < result.loss_per_epoch[0] - 0.5, result.loss_per_epoch
     assert trained >= random_init + 0.03, (random_init, trained)
+
+
+def test_stochastic_depth_is_seeded_so_runs_repeat_whatever_the_global_rng(tmp_path: Path) -> None:
+    """EfficientNet's stochastic depth draws from torch's global RNG in train mode; training seeds it per epoch."""
+    images = load_digits(32, n=16)[0]
+    settings = TrainingSettings(model="efficientnet_b0", epochs=1, batch_size=8, image_size=32)
+    losses = []
+    for global_seed, folder in ((1, "a"), (2, "b")):
+        torch.manual_seed(global_seed)
+        result = train(
+            settings, _parts(images, 8), location_from_uri((tmp_path / folder).as_uri()), device=torch.device("cpu")
+        )
+        losses.append(result.loss_per_epoch)
+    assert losses[0] == losses[1]
