@@ -64,7 +64,9 @@ def lightly_curation() -> None:
             log.warning("skipping the run: %s", reason)
         return reason is None
 
-    @task(task_id="list", retries=0)
+    # Retries: Airflow's scheduler can fail a rescheduled task on a late executor event of its previous
+    # attempt (apache/airflow#71172); a retry takes the waiting up again (see lightly_airflow.dataset_lease).
+    @task(task_id="list", retries=2, retry_delay=pendulum.duration(seconds=10))
     def list_objects(
         params: dict[str, Any] | None = None,
         run_id: str | None = None,
@@ -72,8 +74,7 @@ def lightly_curation() -> None:
         data_interval_end: pendulum.DateTime | None = None,
     ) -> list[dict[str, Any]]:
         window = RunWindow(start=data_interval_start, end=data_interval_end)
-        ctx = run_context(params, run_id)
-        return pipeline.per_shard(wait_while_busy(lambda: pipeline.list_stage(ctx, window)))
+        return pipeline.per_shard(wait_while_busy(lambda: pipeline.list_stage(run_context(params, run_id), window)))
 
     @task(task_id="frame_counting")
     def frame_counting(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict:

@@ -100,6 +100,8 @@ def test_a_run_gives_up_after_the_wait_limit(tmp_path: Path, airflow_db, monkeyp
         dag_run = run_with_logs(load_dag("lightly_curation"), conf, logs, "run")
         assert dag_run.state == "failed"
         assert _task_states(dag_run)["list"] == "failed"
+        [listing] = [ti for ti in dag_run.get_task_instances() if ti.task_id == "list"]
+        assert listing.try_number == 1, "giving up is final, not retried"
         assert "gave up after waiting" in logs["run"] and "'manual__stuck'" in logs["run"]
         assert store.lease("busy").holder == "manual__stuck", "the holder's lease is left alone"
     finally:
