@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from lightly_tasks.container_track import ContainerTrack
+
 MAX_HDRL_BYTES = 16 * 2**20
 """An ``hdrl`` larger than this is not read (OpenDML super indexes keep real ones to tens of KB)."""
 CODEC_NAMES = {
@@ -64,15 +66,9 @@ class AviHeaderError(ValueError):
 
 
 @dataclass(frozen=True)
-class AviVideoTrack:
+class AviVideoTrack(ContainerTrack):
     """The first video stream of an AVI: ``frames`` is its ``strh.dwLength``, ``hdrl_bytes`` what was parsed."""
 
-    frames: int
-    fps: float | None
-    duration: float | None
-    codec: str
-    width: int
-    height: int
     hdrl_bytes: int
 
 

@@ -247,9 +247,7 @@ class IsolatedVideoJob:
     def _serve(self, f: io.RawIOBase, request: tuple[Any, ...]) -> tuple[str, Any]:
         """The reply to the child's ``read``/``seek`` request (``ioerror`` with a reason on failure)."""
         try:
-            if request[0] == "read":
-                return "data", f.read(request[1])
-            return "pos", f.seek(request[1], request[2])
+            return _serve_plain(f, request)
         except DeadlineExceeded:
             raise
         except OSError as exc:

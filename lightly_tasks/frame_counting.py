@@ -31,20 +31,20 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from lightly_tasks.avi_header import AviHeaderError, AviVideoTrack, NotAviError, read_avi_header
+from lightly_tasks.avi_header import AviHeaderError, NotAviError, read_avi_header
+from lightly_tasks.container_track import ContainerTrack
 from lightly_tasks.decoder_process import DecoderProcess, probe_isolated
 from lightly_tasks.decoding import ordered_map
 from lightly_tasks.mp4_header import (
     FragmentedMp4Error,
     Mp4HeaderError,
-    Mp4VideoTrack,
     NotMp4Error,
     read_mp4_header,
 )
 from lightly_tasks.progress import Progress
 from lightly_tasks.ranged_file import Deadline, DeadlineExceeded, open_counted
 from lightly_tasks.storage import ByteCounter, Location, read_failure_reason
-from lightly_tasks.video import VideoOpenError, probe
+from lightly_tasks.video import StreamInfo, VideoOpenError, probe
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +122,7 @@ def _header(
             info = probe(f, buffer_size=HEADER_READ_BYTES)
         else:
             info = probe_isolated(process, f, key=key, buffer_size=HEADER_READ_BYTES, deadline=deadline)
-    row = {
-        "container": info.container,
-        "codec": info.codec,
-        "width": info.width,
-        "height": info.height,
-        "fps": info.fps,
-        "duration": info.duration,
-        "frames": info.frames,
-        "frames_estimate": info.frames,
-        "count_method": "container header",
-    }
+    row = _count_row(info, container=info.container, method="container header")
     if not info.frames:
         estimate = round(info.duration * info.fps) if info.duration and info.fps else None
         row.update(frames=None, frames_estimate=estimate, count_method=DEFERRED)
@@ -146,16 +136,19 @@ def _parsed_header(f: BinaryIO, file_size: int) -> dict[str, Any] | None:
     FFmpeg, which may still read the file.
     """
     try:
-        track: Mp4VideoTrack | AviVideoTrack = read_mp4_header(f, file_size)
-        container, method = "mp4", "mp4 header"
+        return _count_row(read_mp4_header(f, file_size), container="mp4", method="mp4 header")
     except FragmentedMp4Error:
         return None
     except NotMp4Error:
-        try:
-            track = read_avi_header(f, file_size)
-            container, method = "avi", "avi header"
-        except (NotAviError, AviHeaderError):
-            return None
+        pass
+    try:
+        return _count_row(read_avi_header(f, file_size), container="avi", method="avi header")
+    except (NotAviError, AviHeaderError):
+        return None
+
+
+def _count_row(track: ContainerTrack | StreamInfo, *, container: str, method: str) -> dict[str, Any]:
+    """A video's header facts as the count table's columns (``frames_estimate``: the header's count)."""
     return {
         "container": container,
         "codec": track.codec,

@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from lightly_tasks.container_track import ContainerTrack
+
 TOP_LEVEL_BOXES = frozenset(
     {
         b"ftyp",
@@ -77,15 +79,9 @@ class FragmentedMp4Error(Mp4HeaderError):
 
 
 @dataclass(frozen=True)
-class Mp4VideoTrack:
+class Mp4VideoTrack(ContainerTrack):
     """The first video track of an MP4/MOV: ``frames`` is its sample count (one sample = one frame)."""
 
-    frames: int
-    fps: float | None
-    duration: float | None
-    codec: str
-    width: int
-    height: int
     timescale: int
     moov_bytes: int
 
